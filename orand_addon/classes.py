@@ -1,0 +1,223 @@
+"""Class sets and image-level labels.
+
+A :class:`ClassSet` is the ordered list of class names with background first (VOC: 21 names). Foreground class
+*indices* are 0-based everywhere in CAM files (0 = aeroplane); label PNGs use ``index + 1`` and 0 for
+background, 255 for void.
+
+Image-level labels are a dict ``image id -> multi-hot float[K]``. Reference repositories key them either by the
+integer form of the id (IRN/AMN: ``2007000032``) or by the string id (MCTformer/PSA: ``'2007_000032'``); both are
+accepted, and :func:`labels_for` looks an id up under either convention.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from .errors import OrandError
+
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+COCO_CLASSES: tuple[str, ...] = (
+    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep",
+    "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
+
+
+@dataclass(frozen=True)
+class ClassSet:
+    """Ordered class names, background first.
+
+    >>> voc = get_class_set("voc")
+    >>> voc.num_foreground, voc.names[1], voc.foreground_index("tvmonitor")
+    (20, 'aeroplane', 19)
+    """
+
+    name: str
+    names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background (21 for VOC)."""
+        return len(self.names)
+
+    @property
+    def num_foreground(self) -> int:
+        return len(self.names) - 1
+
+    def foreground_index(self, class_name: str) -> int:
+        try:
+            return self.names.index(class_name) - 1
+        except ValueError:
+            raise OrandError(f"class {class_name!r} is not in the {self.name} class set") from None
+
+
+CLASS_SETS: dict[str, ClassSet] = {
+    "voc": ClassSet("voc", VOC_CLASSES),
+    "coco": ClassSet("coco", COCO_CLASSES),
+}
+
+
+def get_class_set(spec: str) -> ClassSet:
+    """Class set by registry name (``voc``, ``coco``) or from a text file with one name per line.
+
+    The file may list background first or not: a first line of ``background`` (any case) is kept as is,
+    otherwise ``background`` is prepended.
+
+    >>> get_class_set("nope")
+    Traceback (most recent call last):
+    ...
+    orand_addon.errors.OrandError: unknown class set 'nope'; valid: voc, coco, or a text file with one class name per line
+    """
+    if spec in CLASS_SETS:
+        return CLASS_SETS[spec]
+    path = Path(spec)
+    if not path.is_file():
+        raise OrandError(
+            f"unknown class set {spec!r}; valid: {', '.join(CLASS_SETS)}, or a text file with one class name per line"
+        )
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise OrandError(f"{path}: class name file is empty")
+    if names[0].lower() != "background":
+        names.insert(0, "background")
+    if len(names) > 255:
+        raise OrandError(f"{path}: {len(names)} classes do not fit uint8 masks (at most 254 + background)")
+    return ClassSet(path.stem, tuple(names))
+
+
+def voc_data_file(name: str) -> Path:
+    """Path of a bundled VOC file (``cls_labels.npy``, ``train.txt``, ``train_aug.txt``, ``val.txt``, ``test.txt``)."""
+    ref = resources.files("orand_addon") / "data" / "voc12" / name
+    path = Path(str(ref))
+    if not path.is_file():
+        raise OrandError(f"bundled VOC file {name!r} is missing from the installation ({path})")
+    return path
+
+
+def int_id(image_id: str) -> int | None:
+    """The integer key IRN/AMN use for an id (``'2007_000032'`` -> ``2007000032``), or None.
+
+    >>> int_id("2007_000032"), int_id("000000000009"), int_id("syn_0001")
+    (2007000032, 9, None)
+    """
+    digits = image_id.replace("_", "")
+    return int(digits) if digits.isdigit() else None
+
+
+class ImageLabels:
+    """Image-level labels: ``id -> sorted 0-based foreground class indices``.
+
+    Accepts dicts keyed by the string id or by its integer form, values multi-hot vectors.
+
+    >>> labels = ImageLabels({2007000032: np.eye(20, dtype=np.float32)[[0, 14]].sum(0)}, num_foreground=20)
+    >>> labels.get("2007_000032").tolist(), labels.get("2007_999999") is None
+    ([0, 14], True)
+    """
+
+    def __init__(self, table: Mapping, num_foreground: int, source: str = "<dict>"):
+        self.source = source
+        self.num_foreground = num_foreground
+        self._table: dict[object, np.ndarray] = {}
+        for key, value in table.items():
+            vec = np.asarray(value).reshape(-1)
+            if vec.dtype.kind in "iu" and vec.size != num_foreground:
+                classes = vec  # a list of class indices rather than a multi-hot vector
+            elif vec.size == num_foreground:
+                classes = np.flatnonzero(vec > 0.5)
+            else:
+                raise OrandError(
+                    f"{source}: label of {key!r} has {vec.size} entries, expected {num_foreground} "
+                    f"(multi-hot over the foreground classes)"
+                )
+            classes = np.unique(classes.astype(np.int64))
+            if classes.size and (classes.min() < 0 or classes.max() >= num_foreground):
+                raise OrandError(f"{source}: label of {key!r} has class indices outside 0..{num_foreground - 1}")
+            self._table[key if isinstance(key, str) else int(key)] = classes
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def get(self, image_id: str) -> np.ndarray | None:
+        if image_id in self._table:
+            return self._table[image_id]
+        key = int_id(image_id)
+        if key is not None and key in self._table:
+            return self._table[key]
+        return None
+
+    def ids(self) -> list[str]:
+        """Ids as strings; integer VOC keys are rendered back as ``YYYY_NNNNNN``."""
+        out = []
+        for key in self._table:
+            if isinstance(key, str):
+                out.append(key)
+            else:
+                s = str(key)
+                out.append(f"{s[:4]}_{s[4:]}" if len(s) == 10 else s)
+        return out
+
+
+def load_labels(path: str | Path | None, class_set: ClassSet) -> ImageLabels:
+    """Load image-level labels: ``cls_labels.npy`` (either key convention) or JSON ``{id: [class, ...]}``.
+
+    ``None`` means the bundled VOC labels (train_aug + val), valid only for the VOC class set.
+    """
+    from .io.safe_pickle import safe_load_npy
+
+    if path is None:
+        if class_set.name != "voc":
+            raise OrandError(f"no bundled image-level labels for class set {class_set.name!r}; pass --labels FILE")
+        path = voc_data_file("cls_labels.npy")
+    path = Path(path)
+    if not path.is_file():
+        raise OrandError(f"{path}: label file not found")
+    if path.suffix == ".json":
+        try:
+            table = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise OrandError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        table = {k: np.asarray(v, dtype=np.int64) for k, v in table.items()}
+        # JSON lists are class indices; a list of exactly K 0/1 values is read as multi-hot.
+        return ImageLabels(table, class_set.num_foreground, source=str(path))
+    obj = safe_load_npy(path)
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
+        obj = obj.item()
+    if not isinstance(obj, dict):
+        raise OrandError(f"{path}: expected a pickled dict id -> multi-hot vector, got {type(obj).__name__}")
+    return ImageLabels(obj, class_set.num_foreground, source=str(path))
+
+
+def read_id_list(path: str | Path) -> list[str]:
+    """Ids from a list file, one per line; VOC ``SegmentationClass``-style lines ``id extra`` keep the first word.
+
+    A bare name of a bundled VOC list (``train``, ``train_aug``, ``val``, ``test``) reads that list.
+    """
+    p = Path(path)
+    if not p.is_file() and str(path) in {"train", "train_aug", "val", "test"}:
+        p = voc_data_file(f"{path}.txt")
+    if not p.is_file():
+        raise OrandError(f"{p}: id list not found")
+    ids = []
+    for line in p.read_text().splitlines():
+        word = line.strip().split(" ")[0] if line.strip() else ""
+        if word:
+            ids.append(Path(word).stem if "/" in word else word)
+    if not ids:
+        raise OrandError(f"{p}: id list is empty")
+    return ids

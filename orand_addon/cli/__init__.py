@@ -1,0 +1,109 @@
+"""The ``orand-addon`` command line.
+
+Each command lives in its own module of this package and is imported only when used (``--help`` stays fast).
+Problems with the input are :class:`~orand_addon.errors.OrandError` and end as one line on stderr with a
+non-zero exit code; Ctrl-C exits 130 after the command has saved what it can.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import tomllib
+from pathlib import Path
+
+import click
+
+from ..errors import OrandError, one_line
+
+# command name -> "module:attribute" (modules relative to this package)
+COMMANDS: dict[str, str] = {
+    "fuse": "fuse:fuse",
+    "inspect": "inspect_cmd:inspect",
+    "export": "export:export",
+    "evaluate": "evaluate:evaluate",
+    "train": "train:train",
+    "predict": "predict:predict",
+    "refine": "refine:refine",
+    "train-seg": "seg:train_seg",
+    "segment": "seg:segment",
+    "demo": "demo:demo",
+    "merge": "merge:merge",
+}
+
+
+class CliError(click.ClickException):
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(one_line(message))
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"orand-addon: error: {self.message}", err=True)
+
+
+class OrandGroup(click.Group):
+    """Lazy command loading + turning user errors into one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OrandError as exc:
+            raise CliError(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise CliError("interrupted; work written so far is kept", 130) from None
+        except OSError as exc:
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            raise CliError(f"{where}{exc.strerror or exc}", 1) from None
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if not value:
+        return
+    path = Path(value)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise click.BadParameter(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise click.BadParameter(f"{path}: not valid TOML ({exc})") from None
+    unknown = sorted(set(data) - set(COMMANDS))
+    if unknown:
+        raise click.BadParameter(f"{path}: unknown sections {unknown}; valid: {', '.join(COMMANDS)}")
+    ctx.default_map = {cmd: {k.replace("-", "_"): v for k, v in opts.items()} for cmd, opts in data.items()}
+
+
+@click.group(cls=OrandGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="orand-addon", prog_name="orand-addon")
+@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
+              expose_value=False,
+              help="TOML file with one [section] per command setting option defaults, e.g. [fuse] workers = 2.")
+def cli() -> None:
+    """ORANDNet ensemble for weakly supervised semantic segmentation: fuse two methods' CAMs with a
+    probabilistic OR/AND, train ORANDNet, refine with IRN, train DeepLab, and score every stage.
+
+    \b
+    Typical run:
+      orand-addon fuse --cams-a amn_cams/ --cams-b mct_cams/ --out fused.h5
+      orand-addon train --store fused.h5 --out runs/orandnet
+      orand-addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt
+      orand-addon refine --store fused.h5 --kind orandnet --images VOC2012/JPEGImages
+      orand-addon evaluate --pred fused.h5:masks --gt VOC2012/SegmentationClassAug
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="orand-addon")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

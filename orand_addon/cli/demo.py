@@ -1,0 +1,3 @@
+from ._pending import pending_command
+
+demo = pending_command("demo", "the synthetic demo")

@@ -1,0 +1,3 @@
+from ._pending import pending_command
+
+evaluate = pending_command("evaluate", "evaluation")

@@ -1,0 +1,92 @@
+"""``orand-addon fuse``: CAM folders of two (or more) methods -> OR / AND / mean maps in the HDF5 store."""
+
+from __future__ import annotations
+
+import click
+
+from .common import class_options, command_line, echo_lines, progress_option, workers_option
+
+SOURCE_LETTERS = "abcd"
+FORMAT_CHOICES = ["auto", "irn", "amn", "orandnet", "mctformer", "crf-dict", "toco", "clip-es", "npz"]
+
+
+def _source_options(f):
+    for letter in reversed(SOURCE_LETTERS):
+        required = letter in "ab"
+        f = click.option(f"--shift-{letter}", type=float, default=0.0, show_default=letter == "a",
+                         help=f"Constant added to source {letter.upper()} before fusing "
+                              f"(official ResNet+ViT variant: --shift-b 0.15)." if letter == "b" else None,
+                         hidden=letter != "b")(f)
+        f = click.option(f"--format-{letter}", type=click.Choice(FORMAT_CHOICES), default="auto",
+                         show_default=letter == "a", help=f"Format of source {letter.upper()} (auto decides only "
+                         f"when unambiguous)." if letter == "a" else None, hidden=letter not in "ab")(f)
+        f = click.option(f"--cams-{letter}", type=str, required=required,
+                         help=f"CAM folder of method {letter.upper()} (or STORE.h5:KIND)." if letter in "abc" else None,
+                         hidden=letter == "d")(f)
+    return f
+
+
+@click.command(context_settings={"max_content_width": 110})
+@_source_options
+@class_options
+@click.option("--ids", type=click.Path(), default=None,
+              help="Only these ids: a list file (one id per line) or train/train_aug/val for the bundled VOC lists.")
+@click.option("--on-missing", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="What to do with ids absent from a source.")
+@click.option("--images", type=click.Path(file_okay=False), default=None,
+              help="Image folder; maps are resized to the true image size (default: the largest map size).")
+@click.option("--kinds", default="or,and,mean", show_default=True, help="Fused kinds to write (or, and, mean).")
+@click.option("--fusion-norm", type=click.Choice(["max", "none"]), default="max", show_default=True,
+              help="max: divide each fused class map by its max (paper Eq. 1); none: raw a+b-ab and ab as the "
+                   "official AMN+MCTformer code.")
+@click.option("--keep-sources/--no-keep-sources", default=False, show_default=True,
+              help="Also store the aligned source maps as kinds a, b, ...")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--compression", type=click.Choice(["lzf", "gzip", "none"]), default="lzf", show_default=True)
+@click.option("--value-policy", type=click.Choice(["fix", "error"]), default="fix", show_default=True,
+              help="fix: NaN/Inf -> 0, negatives -> 0, maps above 1 divided by their max (all reported); "
+                   "error: stop at the first such file.")
+@click.option("--overwrite", is_flag=True, help="Replace kinds written earlier with other parameters.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The HDF5 store to write (or resume).")
+@workers_option
+@progress_option
+def fuse(**kw) -> None:
+    """Fuse the CAMs of two methods into OR, AND and mean maps (paper Eq. 1) in one HDF5 store.
+
+    \b
+    Examples:
+      orand-addon fuse --cams-a amn/ --cams-b mct/ --out fused.h5
+      orand-addon fuse --cams-a amn/ --cams-b mct/ --ids train_aug --fusion-norm none --out fused.h5
+      orand-addon fuse --cams-a resnet/ --cams-b vit/ --format-b orandnet --shift-b 0.15 --out fused.h5
+
+    A rerun of the same command skips the ids already written, so an interrupted run resumes.
+    """
+    from ..classes import get_class_set, load_labels, read_id_list
+    from ..fuse import MAP_KINDS, FuseOptions, run_fuse
+
+    letters = [x for x in SOURCE_LETTERS if kw[f"cams_{x}"]]
+    if letters != list(SOURCE_LETTERS[: len(letters)]):
+        raise click.UsageError("give sources in order: --cams-a, --cams-b, then --cams-c, --cams-d")
+    kinds = tuple(k.strip() for k in kw["kinds"].split(",") if k.strip())
+    bad = [k for k in kinds if k not in MAP_KINDS]
+    if bad or not kinds:
+        raise click.BadParameter(f"{','.join(bad) or 'nothing'}; valid: {', '.join(MAP_KINDS)}", param_hint="--kinds")
+    class_set = get_class_set(kw["class_spec"])
+    labels = load_labels(kw["labels"], class_set) if kw["labels"] or class_set.name == "voc" else None
+    options = FuseOptions(
+        formats=tuple(kw[f"format_{x}"] for x in letters),
+        normalize=kw["fusion_norm"] == "max",
+        shifts=tuple(kw[f"shift_{x}"] for x in letters),
+        kinds=kinds,
+        keep_sources=kw["keep_sources"],
+        dtype=kw["dtype"],
+        value_policy=kw["value_policy"],
+        on_missing=kw["on_missing"],
+    )
+    report = run_fuse(
+        [kw[f"cams_{x}"] for x in letters], kw["out"], class_set, labels, options,
+        ids=read_id_list(kw["ids"]) if kw["ids"] else None, images=kw["images"], workers=kw["workers"],
+        compression=kw["compression"], command=command_line(), overwrite=kw["overwrite"], progress=kw["progress"],
+    )
+    echo_lines(report.lines())
+    click.echo(f"wrote {kw['out']} (kinds: {', '.join(kinds)})")

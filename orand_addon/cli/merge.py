@@ -1,0 +1,3 @@
+from ._pending import pending_command
+
+merge = pending_command("merge", "sharded runs")

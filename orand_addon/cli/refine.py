@@ -1,0 +1,3 @@
+from ._pending import pending_command
+
+refine = pending_command("refine", "IRN refinement")

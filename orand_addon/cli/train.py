@@ -1,0 +1,3 @@
+from ._pending import pending_command
+
+train = pending_command("train", "ORANDNet training")

@@ -1,0 +1,87 @@
+"""Probabilistic OR / AND fusion of class activation maps (paper Eq. 1), as pure functions.
+
+For maps ``c_i`` in [0, 1] of the same class and size::
+
+    OR  = 1 - prod_i (1 - c_i)        (two sources: c1 + c2 - c1 c2)
+    AND = prod_i c_i                  (two sources: c1 c2)
+
+each divided by its own maximum over the pixels of that class map (``normalize=True``, the paper), so the peak
+is 1; a map whose maximum is 0 stays 0 and never becomes NaN. ``normalize=False`` keeps the raw values, as the
+official AMN + MCTformer code does. Inputs may be numpy arrays or torch tensors of shape (..., H, W); the
+normalisation is per map over the last two axes.
+
+>>> import numpy as np
+>>> a = np.array([[[0.0, 0.5], [1.0, 0.2]]])
+>>> b = np.array([[[0.0, 0.5], [0.5, 0.0]]])
+>>> fuse_or([a, b], normalize=False).tolist()
+[[[0.0, 0.75], [1.0, 0.2]]]
+>>> fuse_and([a, b]).tolist()
+[[[0.0, 0.5], [1.0, 0.0]]]
+>>> fuse_mean([a, b]).tolist()
+[[[0.0, 0.5], [0.75, 0.1]]]
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, TypeVar
+
+import numpy as np
+
+Array = TypeVar("Array")
+
+
+def _is_torch(x: object) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _check(maps: Sequence[Array]) -> None:
+    if len(maps) < 1:
+        raise ValueError("fusion needs at least one map")
+    shapes = {tuple(m.shape) for m in maps}
+    if len(shapes) != 1:
+        raise ValueError(f"maps to fuse must have the same shape, got {sorted(shapes)}")
+
+
+def normalize_max(x: Array) -> Array:
+    """Divide each map (last two axes) by its own maximum; all-zero maps stay zero.
+
+    >>> normalize_max(np.array([[[0.0, 2.0]], [[0.0, 0.0]]])).tolist()
+    [[[0.0, 1.0]], [[0.0, 0.0]]]
+    """
+    if _is_torch(x):
+        peak = x.amax(dim=(-2, -1), keepdim=True)
+        return x / peak.clamp_min(1e-12) * (peak > 0)
+    peak = np.max(x, axis=(-2, -1), keepdims=True) if x.size else np.zeros(x.shape[:-2] + (1, 1), x.dtype)
+    safe = np.where(peak > 0, peak, 1)
+    return np.where(peak > 0, x / safe, 0).astype(x.dtype, copy=False)
+
+
+def fuse_or(maps: Sequence[Array], normalize: bool = True) -> Array:
+    """Probabilistic OR of N maps: ``1 - prod(1 - c_i)``, optionally max-normalised per class map."""
+    _check(maps)
+    out = maps[0]
+    for m in maps[1:]:
+        out = out + m - out * m  # equals 1 - prod(1 - c_i), with fewer rounding steps
+    return normalize_max(out) if normalize else out
+
+
+def fuse_and(maps: Sequence[Array], normalize: bool = True) -> Array:
+    """Probabilistic AND of N maps: ``prod c_i``, optionally max-normalised per class map."""
+    _check(maps)
+    out = maps[0]
+    for m in maps[1:]:
+        out = out * m
+    return normalize_max(out) if normalize else out
+
+
+def fuse_mean(maps: Sequence[Array], normalize: bool = False) -> Array:
+    """The naive ensemble: the mean of the maps (not normalised unless asked)."""
+    _check(maps)
+    out = maps[0]
+    for m in maps[1:]:
+        out = out + m
+    out = out / len(maps)
+    return normalize_max(out) if normalize else out
+
+
+FUSION_KINDS = {"or": fuse_or, "and": fuse_and, "mean": fuse_mean}

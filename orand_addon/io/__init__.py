@@ -1,0 +1,1 @@
+"""Reading and writing: safe unpickling, CAM formats, images and label PNGs."""
