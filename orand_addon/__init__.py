@@ -28,6 +28,10 @@ _EXPORTS: dict[str, str] = {
     "random_walk": "orand_addon.irn.random_walk",
     "confusion_matrix": "orand_addon.metrics.functional",
     "segmentation_scores": "orand_addon.metrics.functional",
+    "ConfusionAccumulator": "orand_addon.metrics.functional",
+    "ThresholdSweep": "orand_addon.metrics.functional",
+    "evaluate": "orand_addon.metrics.evaluate",
+    "EvalResult": "orand_addon.metrics.evaluate",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

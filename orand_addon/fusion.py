@@ -51,9 +51,11 @@ def normalize_max(x: Array) -> Array:
     if _is_torch(x):
         peak = x.amax(dim=(-2, -1), keepdim=True)
         return x / peak.clamp_min(1e-12) * (peak > 0)
-    peak = np.max(x, axis=(-2, -1), keepdims=True) if x.size else np.zeros(x.shape[:-2] + (1, 1), x.dtype)
-    safe = np.where(peak > 0, peak, 1)
-    return np.where(peak > 0, x / safe, 0).astype(x.dtype, copy=False)
+    if not x.size:
+        return x
+    peak = np.max(x, axis=(-2, -1), keepdims=True)
+    scale = np.divide(1.0, peak, out=np.zeros_like(peak), where=peak > 0)  # 0 where the map is all zero
+    return x * scale
 
 
 def fuse_or(maps: Sequence[Array], normalize: bool = True) -> Array:
@@ -61,7 +63,9 @@ def fuse_or(maps: Sequence[Array], normalize: bool = True) -> Array:
     _check(maps)
     out = maps[0]
     for m in maps[1:]:
-        out = out + m - out * m  # equals 1 - prod(1 - c_i), with fewer rounding steps
+        prod = out * m
+        out = out + m
+        out -= prod  # a + b - ab equals 1 - (1 - a)(1 - b), with fewer rounding steps
     return normalize_max(out) if normalize else out
 
 

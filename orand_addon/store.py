@@ -9,6 +9,8 @@ Layout (readable with plain h5py)::
     /masks/<image_id>      uint8 (H, W), 0 background, 1..C classes, 255 void
     /seeds/<image_id>      uint8 (H, W), IRN seeds: 0 confident background, 1..C classes, 255 unsure
 
+Maps are stored uncompressed by default (writing must not slow the pipeline down; see benchmarks/bench_fuse.py),
+``compression="lzf"`` or ``"gzip"`` trade speed for size; masks are always gzip level 1.
 Each group carries an attr ``provenance`` (JSON: the command and parameters that wrote it). Writes are
 incremental and atomic per id: a dataset is written under a temporary name and then renamed, so a rerun that
 finds ``/<kind>/<id>`` knows it is complete, and leftovers of an interrupted write are removed on open.
@@ -40,7 +42,9 @@ from .errors import StoreError
 LAYOUT_VERSION = 1
 MASK_GROUPS = ("masks", "seeds")
 TMP_PREFIX = ".tmp_"
-COMPRESSIONS = ("lzf", "gzip", "none")
+COMPRESSIONS = ("none", "lzf", "gzip")
+# Masks compress 10-50x and are small: always gzip (readable by every HDF5 tool), cheap at level 1.
+MASK_COMPRESSION = {"compression": "gzip", "compression_opts": 1}
 
 
 def _version() -> str:
@@ -73,7 +77,7 @@ class Store:
         path: str | Path,
         mode: str = "r",
         class_names: Sequence[str] | None = None,
-        compression: str = "lzf",
+        compression: str = "none",
     ):
         self.path = Path(path)
         self.mode = mode
@@ -230,7 +234,8 @@ class Store:
         if dtype not in ("float16", "float32"):
             raise StoreError(f"unknown map dtype {dtype!r}; valid: float16, float32")
         chunks = (1, *maps.shape[1:]) if maps.size else None
-        self._write(kind, image_id, maps.astype(dtype), chunks, {"keys": keys, **(attrs or {})})
+        self._write(kind, image_id, maps.astype(dtype, copy=False), chunks, {"keys": keys, **(attrs or {})},
+                    _compression_kwargs(self.compression))
 
     # -- masks -----------------------------------------------------------------------------------------------
     def read_mask(self, group: str, image_id: str) -> np.ndarray:
@@ -243,16 +248,16 @@ class Store:
         mask = np.asarray(mask)
         if mask.ndim != 2:
             raise StoreError(f"/{group}/{image_id}: a mask must be 2-D, got shape {mask.shape}")
-        self._write(group, image_id, mask.astype(np.uint8), None, attrs or {})
+        self._write(group, image_id, mask.astype(np.uint8, copy=False), True, attrs or {}, MASK_COMPRESSION)
 
-    def _write(self, group: str, image_id: str, data: np.ndarray, chunks, attrs: dict) -> None:
+    def _write(self, group: str, image_id: str, data: np.ndarray, chunks, attrs: dict, compression: dict) -> None:
         if self.mode == "r":
             raise StoreError(f"{self.path}: opened read-only")
         grp = self.h5.require_group(group)
         tmp = TMP_PREFIX + image_id
         if tmp in grp:
             del grp[tmp]
-        kwargs = _compression_kwargs(self.compression) if data.size else {}
+        kwargs = compression if data.size else {}
         ds = grp.create_dataset(tmp, data=data, chunks=chunks if kwargs else None, **kwargs)
         for key, value in attrs.items():
             ds.attrs[key] = value
