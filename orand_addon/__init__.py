@@ -32,6 +32,10 @@ _EXPORTS: dict[str, str] = {
     "ThresholdSweep": "orand_addon.metrics.functional",
     "evaluate": "orand_addon.metrics.evaluate",
     "EvalResult": "orand_addon.metrics.evaluate",
+    "train_orandnet": "orand_addon.orandnet.train",
+    "TrainConfig": "orand_addon.orandnet.train",
+    "predict_orandnet": "orand_addon.orandnet.predict",
+    "PredictConfig": "orand_addon.orandnet.predict",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

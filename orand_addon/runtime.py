@@ -121,8 +121,13 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
-        raise OrandError(f"{path}: refused to load checkpoint (weights_only: {first})") from None
+        text = str(exc)
+        detail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+        detail = " ".join(detail.split("Check the documentation of torch.load")[0].split())
+        if "Unsupported global" in detail:
+            raise OrandError(f"{path}: refused to load checkpoint "
+                             f"(weights_only: {detail.split(' was not an allowed global')[0]})") from None
+        raise OrandError(f"{path}: corrupt or unreadable checkpoint ({detail or 'not a torch.save file'})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OrandError(f"{path}: corrupt or unreadable checkpoint ({first})") from None

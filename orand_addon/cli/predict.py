@@ -1,3 +1,43 @@
-from ._pending import pending_command
+"""``orand-addon predict``: apply a trained ORANDNet to the store's OR maps, writing kind ``orandnet``."""
 
-predict = pending_command("predict", "ORANDNet prediction")
+from __future__ import annotations
+
+import click
+
+from .common import command_line, device_option, progress_option
+
+
+@click.command(context_settings={"max_content_width": 110})
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), required=True,
+              help="HDF5 store with kind or; kind orandnet is added to it.")
+@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True,
+              help="RUN_DIR/last.pt written by 'orand-addon train'.")
+@click.option("--batch-size", type=click.IntRange(0, 4096), default=0, show_default=True,
+              help="Class maps per forward pass (images of one size are batched together); 0: 16 on a GPU, 4 on CPU.")
+@click.option("--ids", type=click.Path(), default=None, help="Only these ids: a list file or train/train_aug/val.")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+              help="Autocast on a GPU (auto: bf16); the CPU always computes in fp32.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="Storage type of the written maps.")
+@click.option("--overwrite", is_flag=True, help="Replace an orandnet kind written earlier from another checkpoint.")
+@device_option
+@progress_option
+def predict(store_path: str, checkpoint: str, ids: str | None, **kw) -> None:
+    """Write ORANDNet maps (kind orandnet): ReLU, then each class map divided by its own max.
+
+    The output has the keys and size of kind or, and exports to IRN's layout (keys, stride-4 cam, high_res). A
+    rerun skips the images already written, so an interrupted run resumes.
+
+    \b
+    Examples:
+      orand-addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt
+      orand-addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt --batch-size 32 --device cuda:1
+      orand-addon export --store fused.h5 --kind orandnet --to irn --out orandnet_cams/
+    """
+    from ..classes import read_id_list
+    from ..orandnet.predict import PredictConfig, predict_orandnet
+
+    config = PredictConfig(ids=tuple(read_id_list(ids)) if ids else None, **kw)
+    n = predict_orandnet(store_path, checkpoint, config, command=command_line(),
+                         echo=lambda line: click.echo(line, err=True))
+    click.echo(f"wrote {n} images to {store_path}:orandnet")

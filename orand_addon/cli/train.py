@@ -1,3 +1,65 @@
-from ._pending import pending_command
+"""``orand-addon train``: train ORANDNet (VGG16 FCN-8s, OR map -> AND map) on the store."""
 
-train = pending_command("train", "ORANDNet training")
+from __future__ import annotations
+
+import click
+
+from .common import device_option, progress_option, seed_option, workers_option
+
+LOSS_NAMES = ["official", "bg-softmax", "bce"]  # orand_addon.orandnet.losses.LOSSES (kept import-free for --help)
+ARCH_NAMES = ["fcn8s", "fcn8s-same"]  # orand_addon.orandnet.model.ARCHS
+
+
+@click.command(context_settings={"max_content_width": 110})
+@click.option("--store", "store_path", type=click.Path(dir_okay=False), required=True,
+              help="HDF5 store with kinds or and and (from 'orand-addon fuse'). Only read.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Run folder: last.pt (checkpoint) and train_log.json (settings and losses).")
+@click.option("--iterations", type=int, default=5000, show_default=True, help="SGD steps, one image each.")
+@click.option("--pretrained", default="imagenet", show_default=True,
+              help="imagenet (torchvision's vgg16-397923af.pth from $TORCH_HOME/hub/checkpoints, offline), a "
+                   "weights file (VGG16 or ORANDNet), or none.")
+@click.option("--loss", type=click.Choice(LOSS_NAMES), default="official", show_default=True,
+              help="official: soft cross-entropy across the image's classes (single-class images give zero loss); "
+                   "bg-softmax: the same with a background logit fixed at 0 (target 1 - max AND); bce: per-map BCE.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Base learning rate (poly decay).")
+@click.option("--momentum", type=float, default=0.9, show_default=True,
+              help="SGD momentum (the official code effectively used 1e-4).")
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True,
+              help="SGD weight decay (the official code effectively used 0).")
+@click.option("--power", type=float, default=0.9, show_default=True, help="Poly decay power.")
+@click.option("--checkpoint-every", type=int, default=500, show_default=True,
+              help="Save RUN_DIR/last.pt every N iterations (also at the end and on Ctrl-C).")
+@click.option("--resume", is_flag=True, help="Continue RUN_DIR/last.pt exactly (same options required).")
+@click.option("--ids", type=click.Path(), default=None,
+              help="Train only on these ids: a list file or train/train_aug/val (bundled VOC lists).")
+@click.option("--arch", type=click.Choice(ARCH_NAMES), default="fcn8s", show_default=True,
+              help="fcn8s: classic FCN-8s (pad 100, as the paper); fcn8s-same: pad to a multiple of 32, ~2x faster.")
+@click.option("--width-div", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Divide every VGG16 channel count by N (tiny smoke-test models; ImageNet weights need 1).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+              help="Autocast on a GPU (auto: bf16); the CPU always computes in fp32.")
+@device_option
+@workers_option
+@seed_option
+@progress_option
+def train(store_path: str, out_dir: str, ids: str | None, resume: bool, **kw) -> None:
+    """Train ORANDNet: the VGG16 FCN-8s that maps each class's OR map to its AND map.
+
+    One step is one image with all its classes, at full resolution, as the paper; SGD with poly decay. Ctrl-C saves
+    a checkpoint; the same command with --resume continues exactly where it stopped.
+
+    \b
+    Examples:
+      orand-addon train --store fused.h5 --out runs/orandnet
+      orand-addon train --store fused.h5 --out runs/orandnet --resume
+      orand-addon train --store fused.h5 --out runs/bg --loss bg-softmax --iterations 2000
+      orand-addon train --store fused.h5 --out runs/official --momentum 1e-4 --weight-decay 0   # official optimizer
+      orand-addon train --store fused.h5 --out runs/scratch --pretrained none --device cpu
+    """
+    from ..classes import read_id_list
+    from ..orandnet.train import TrainConfig, train_orandnet
+
+    config = TrainConfig(ids=tuple(read_id_list(ids)) if ids else None, **kw)
+    ckpt = train_orandnet(store_path, out_dir, config, resume=resume, echo=lambda line: click.echo(line, err=True))
+    click.echo(f"wrote {ckpt}")

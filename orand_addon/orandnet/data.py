@@ -1,0 +1,162 @@
+"""Training data of ORANDNet from the HDF5 store: per image, the OR maps of its classes (input) and AND maps
+(target), one image per step at full resolution, in a seeded order that a resumed run continues exactly.
+
+The store is only read here. :class:`OrAndMaps` opens it lazily in whichever process reads (each DataLoader
+worker opens its own read-only handle), so nothing is shared across ``fork``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import StoreError
+from ..store import Store
+
+INPUT_KIND, TARGET_KIND = "or", "and"
+
+
+@dataclass
+class TrainingSet:
+    """The ids to train on and the ones left out (with why)."""
+
+    ids: list[str]
+    skipped_empty: list[str] = field(default_factory=list)
+
+    def notes(self, examples: int = 3) -> list[str]:
+        if not self.skipped_empty:
+            return []
+        return [f"skipped {len(self.skipped_empty)} images with no classes (nothing to learn): "
+                f"{', '.join(self.skipped_empty[:examples])}"]
+
+
+def require_kinds(store: Store, kinds: Sequence[str], hint: str) -> None:
+    """A one-line error when the store lacks one of ``kinds``."""
+    missing = [k for k in kinds if not store.ids(k)]
+    if missing:
+        have = ", ".join(store.groups()) or "nothing"
+        raise StoreError(f"{store.path}: no /{missing[0]} maps (has: {have}); {hint}")
+
+
+def training_set(store_path: str | Path, ids: Sequence[str] | None = None) -> TrainingSet:
+    """Check the store for training and list the ids: each needs ``or`` and ``and`` maps with the same classes
+    and size; images with no classes are skipped (reported), and none left at all is an error."""
+    with Store(store_path) as store:
+        require_kinds(store, (INPUT_KIND, TARGET_KIND), "fuse with --kinds or,and first")
+        have_or, have_and = set(store.ids(INPUT_KIND)), set(store.ids(TARGET_KIND))
+        wanted = list(dict.fromkeys(ids)) if ids is not None else sorted(have_or)
+        for kind, have in ((INPUT_KIND, have_or), (TARGET_KIND, have_and)):
+            absent = [i for i in wanted if i not in have]
+            if absent:
+                raise StoreError(f"{store.path}: {len(absent)} ids have no /{kind} maps, e.g. {', '.join(absent[:3])}")
+        out = TrainingSet(ids=[])
+        for image_id in wanted:
+            shape_or, shape_and = store.map_shape(INPUT_KIND, image_id), store.map_shape(TARGET_KIND, image_id)
+            keys_or, keys_and = store.read_keys(INPUT_KIND, image_id), store.read_keys(TARGET_KIND, image_id)
+            if shape_or != shape_and or keys_or.tolist() != keys_and.tolist():
+                raise StoreError(f"{store.path}: {image_id}: /or and /and differ (classes {keys_or.tolist()} vs "
+                                 f"{keys_and.tolist()}, shapes {shape_or} vs {shape_and})")
+            (out.ids if shape_or[0] > 0 else out.skipped_empty).append(image_id)
+    if not out.ids:
+        raise StoreError(f"{store_path}: no image with classes to train on ({len(out.skipped_empty)} have none)")
+    return out
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the ``n`` images in ``epoch``: a permutation that depends only on ``(seed, epoch)``.
+
+    >>> sorted(epoch_permutation(5, seed=0, epoch=3).tolist())
+    [0, 1, 2, 3, 4]
+    >>> bool((epoch_permutation(50, 0, 1) == epoch_permutation(50, 0, 1)).all())
+    True
+    """
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def sample_index(step: int, n: int, seed: int, rank: int = 0, world_size: int = 1) -> int:
+    """Index of the image that ``rank`` trains on at ``step``: every process walks the same seeded epochs, each
+    taking every ``world_size``-th sample, so the order is a pure function of the step (exact resume).
+
+    >>> [sample_index(s, 3, seed=7) for s in range(6)] == (
+    ...     epoch_permutation(3, 7, 0).tolist() + epoch_permutation(3, 7, 1).tolist())
+    True
+    """
+    flat = step * world_size + rank
+    return int(epoch_permutation(n, seed, flat // n)[flat % n])
+
+
+class IterationSampler(Sampler[int]):
+    """Yields :func:`sample_index` for steps ``start .. stop-1`` (one image per step)."""
+
+    def __init__(self, n: int, seed: int, start: int, stop: int, rank: int = 0, world_size: int = 1):
+        self.n, self.seed, self.start, self.stop = n, seed, start, stop
+        self.rank, self.world_size = rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, perm = -1, np.zeros(0, np.int64)
+        for step in range(self.start, self.stop):
+            flat = step * self.world_size + self.rank
+            if flat // self.n != epoch:
+                epoch = flat // self.n
+                perm = epoch_permutation(self.n, self.seed, epoch)
+            yield int(perm[flat % self.n])
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+class OrAndMaps(Dataset):
+    """Item ``i``: ``{"id", "keys", "input": OR (K, H, W) float32, "target": AND (K, H, W) float32}``."""
+
+    def __init__(self, store_path: str | Path, ids: Sequence[str]):
+        self.store_path, self.ids = Path(store_path), list(ids)
+        self._store: Store | None = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _open(self) -> Store:
+        if self._store is None or self._pid != os.getpid():
+            self._store, self._pid = Store(self.store_path, mode="r"), os.getpid()
+        return self._store
+
+    def __getitem__(self, index: int) -> dict:
+        store, image_id = self._open(), self.ids[index]
+        inputs, keys = store.read_maps(INPUT_KIND, image_id)
+        targets, _ = store.read_maps(TARGET_KIND, image_id)
+        return {"id": image_id, "keys": torch.from_numpy(keys), "input": torch.from_numpy(inputs),
+                "target": torch.from_numpy(targets)}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_store": None, "_pid": -1}
+
+    def close(self) -> None:
+        if self._store is not None and self._pid == os.getpid():
+            self._store.close()
+        self._store = None
+
+
+def _worker_init(_: int) -> None:
+    # Ctrl-C is handled by the main process (it finishes the step and saves a checkpoint); workers ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def make_loader(dataset: OrAndMaps, sampler: Sampler[int], workers: int, pin_memory: bool) -> DataLoader:
+    """One image per item (no collation); ``workers`` <= 1 reads in the main process.
+
+    The loader gets its own generator: by default a DataLoader draws its workers' base seed from the global torch
+    RNG when iterated, which would shift the dropout masks of a resumed run.
+    """
+    kwargs = dict(batch_size=None, sampler=sampler, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
+    if workers > 1:
+        return DataLoader(dataset, num_workers=workers, worker_init_fn=_worker_init, prefetch_factor=2, **kwargs)
+    return DataLoader(dataset, num_workers=0, **kwargs)
+

@@ -1,0 +1,287 @@
+"""The ORANDNet network: FCN-8s on VGG16 (no batch norm), 1 input channel (the OR map of one class), 1 output.
+
+Parameter names follow torchvision's ``vgg16`` (``features.<i>``), so ImageNet weights map by name: every conv of
+``features`` except the first (which sees 1 channel, not RGB) and ``classifier.0``/``classifier.3`` reshaped into
+the 7x7 ``fc6`` and 1x1 ``fc7`` convolutions. The head (``score_*`` 1x1 convs, bilinear-initialised trainable
+``upscore*`` deconvolutions, ``Dropout2d`` after fc6/fc7) is the official ORANDNet ``EncDec`` one.
+
+Two geometries (:data:`ARCHS`), same parameters:
+
+* ``fcn8s`` (default, as the paper): the classic FCN-8s padding of 100 on the first conv, an unpadded 7x7 fc6
+  and the centre crops of Long et al. (offsets 5, 9, 31), so any input size gives an output of the same size.
+  (The official code takes its crop offsets from the height difference only; the classic offsets used here are
+  the geometrically aligned ones.)
+* ``fcn8s-same``: the input zero-padded to a multiple of 32 and "same" padding everywhere (fc6 padded by 3), so
+  no crops; about half the work at VOC sizes (no 100-pixel border), for throughput.
+
+``width_div`` divides every channel count (1 = VGG16); larger values only make small smoke-test models.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import OrandError
+
+CHECKPOINT_FORMAT = "orand-addon/orandnet"
+VGG16_CHANNELS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+POOL3, POOL4 = 16, 23  # indices of the 3rd and 4th max-pool in torchvision's vgg16.features
+FC_DIM = 4096
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Paddings and crop offsets of one FCN-8s variant."""
+
+    conv1_pad: int
+    fc6_pad: int
+    up_pads: tuple[int, int, int]  # upscore2, upscore_pool4, upscore8
+    crops: tuple[int, int, int]  # offsets into score_pool4, score_pool3, final score
+    multiple: int  # zero-pad the input to a multiple of this first (1: no padding)
+
+
+ARCHS: dict[str, Geometry] = {
+    "fcn8s": Geometry(conv1_pad=100, fc6_pad=0, up_pads=(0, 0, 0), crops=(5, 9, 31), multiple=1),
+    "fcn8s-same": Geometry(conv1_pad=1, fc6_pad=3, up_pads=(1, 1, 4), crops=(0, 0, 0), multiple=32),
+}
+
+
+def get_geometry(arch: str) -> Geometry:
+    """The geometry of ``arch``; an unknown name lists the valid ones.
+
+    >>> get_geometry("fcn8s").crops
+    (5, 9, 31)
+    >>> get_geometry("unet")
+    Traceback (most recent call last):
+    ...
+    orand_addon.errors.OrandError: unknown ORANDNet arch 'unet'; valid: fcn8s, fcn8s-same
+    """
+    if arch not in ARCHS:
+        raise OrandError(f"unknown ORANDNet arch {arch!r}; valid: {', '.join(ARCHS)}")
+    return ARCHS[arch]
+
+
+def bilinear_kernel(size: int) -> torch.Tensor:
+    """The (size, size) bilinear upsampling kernel of FCN's deconvolutions.
+
+    >>> bilinear_kernel(4)[0].tolist()
+    [0.0625, 0.1875, 0.1875, 0.0625]
+    """
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    ramp = 1 - (torch.arange(size, dtype=torch.float64) - center).abs() / factor
+    return (ramp[:, None] * ramp[None, :]).float()
+
+
+def crop_to(x: torch.Tensor, offset: int, size: tuple[int, int]) -> torch.Tensor:
+    """``x[..., offset:offset+H, offset:offset+W]``; a map too small for that is a bug, not a user error.
+
+    >>> crop_to(torch.arange(16.).view(1, 1, 4, 4), 1, (2, 3)).flatten().tolist()
+    [5.0, 6.0, 7.0, 9.0, 10.0, 11.0]
+    """
+    h, w = size
+    assert x.shape[-2] >= offset + h and x.shape[-1] >= offset + w, (tuple(x.shape), offset, size)
+    return x[..., offset:offset + h, offset:offset + w]
+
+
+class FCN8s(nn.Module):
+    """FCN-8s VGG16, (N, 1, H, W) OR maps -> (N, 1, H, W) scores (logits) for any H, W >= 1."""
+
+    def __init__(self, arch: str = "fcn8s", width_div: int = 1):
+        super().__init__()
+        if width_div < 1:
+            raise OrandError(f"width_div must be >= 1, got {width_div}")
+        self.arch, self.width_div = arch, width_div
+        self.geometry = geo = get_geometry(arch)
+        layers: list[nn.Module] = []
+        c_in = 1
+        for spec in VGG16_CHANNELS:
+            if spec == "M":
+                layers.append(nn.MaxPool2d(2, stride=2, ceil_mode=True))
+                continue
+            c_out = max(1, int(spec) // width_div)
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=geo.conv1_pad if not layers else 1), nn.ReLU(inplace=True)]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        fc, c3, c4 = max(1, FC_DIM // width_div), max(1, 256 // width_div), max(1, 512 // width_div)
+        self.fc6 = nn.Conv2d(c_in, fc, 7, padding=geo.fc6_pad)
+        self.drop6 = nn.Dropout2d()
+        self.fc7 = nn.Conv2d(fc, fc, 1)
+        self.drop7 = nn.Dropout2d()
+        self.score_fr = nn.Conv2d(fc, 1, 1)
+        self.score_pool4 = nn.Conv2d(c4, 1, 1)
+        self.score_pool3 = nn.Conv2d(c3, 1, 1)
+        self.upscore2 = nn.ConvTranspose2d(1, 1, 4, stride=2, padding=geo.up_pads[0], bias=False)
+        self.upscore_pool4 = nn.ConvTranspose2d(1, 1, 4, stride=2, padding=geo.up_pads[1], bias=False)
+        self.upscore8 = nn.ConvTranspose2d(1, 1, 16, stride=8, padding=geo.up_pads[2], bias=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Random init: VGG convs as torchvision (Kaiming), fc6/fc7/score as the official code (Xavier),
+        deconvolutions bilinear."""
+        for m in self.features:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        for m in (self.fc6, self.fc7, self.score_fr, self.score_pool4, self.score_pool3):
+            nn.init.xavier_normal_(m.weight)
+            nn.init.zeros_(m.bias)
+        for m in (self.upscore2, self.upscore_pool4, self.upscore8):
+            m.weight.copy_(bilinear_kernel(m.kernel_size[0]).expand_as(m.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        geo = self.geometry
+        if geo.multiple > 1:
+            x = F.pad(x, (0, -w % geo.multiple, 0, -h % geo.multiple))
+        pool3 = pool4 = x
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i == POOL3:
+                pool3 = x
+            elif i == POOL4:
+                pool4 = x
+        x = self.drop6(F.relu(self.fc6(x), inplace=True))
+        x = self.drop7(F.relu(self.fc7(x), inplace=True))
+        x = self.upscore2(self.score_fr(x))
+        x = x + crop_to(self.score_pool4(pool4), geo.crops[0], x.shape[-2:])
+        x = self.upscore_pool4(x)
+        x = x + crop_to(self.score_pool3(pool3), geo.crops[1], x.shape[-2:])
+        return crop_to(self.upscore8(x), geo.crops[2], (h, w))
+
+    def config(self) -> dict:
+        return {"arch": self.arch, "width_div": self.width_div}
+
+
+# -- weights ---------------------------------------------------------------------------------------------------
+
+def vgg16_to_fcn(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision VGG16 weights renamed/reshaped for :class:`FCN8s`: all ``features`` convs except the first,
+    ``classifier.0`` as the 7x7 ``fc6`` and ``classifier.3`` as the 1x1 ``fc7``.
+
+    >>> s = {"features.0.weight": torch.zeros(64, 3, 3, 3), "features.2.bias": torch.zeros(64),
+    ...      "classifier.0.weight": torch.zeros(4096, 25088), "classifier.3.bias": torch.zeros(4096),
+    ...      "classifier.6.weight": torch.zeros(1000, 4096)}
+    >>> {k: tuple(v.shape) for k, v in vgg16_to_fcn(s).items()}
+    {'features.2.bias': (64,), 'fc6.weight': (4096, 512, 7, 7), 'fc7.bias': (4096,)}
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("features.") and not key.startswith("features.0."):
+            out[key] = value
+        elif key in ("classifier.0.weight", "classifier.0.bias"):
+            out[key.replace("classifier.0", "fc6")] = value.reshape(-1, 512, 7, 7) if value.ndim == 2 else value
+        elif key in ("classifier.3.weight", "classifier.3.bias"):
+            out[key.replace("classifier.3", "fc7")] = value.reshape(*value.shape, 1, 1) if value.ndim == 2 else value
+    return out
+
+
+def _check_shapes(model: nn.Module, state: Mapping[str, torch.Tensor], wanted: list[str], where: str, what: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        raise OrandError(f"{where}: not {what} ({len(missing)} tensors missing, e.g. {missing[0]})")
+    bad = [k for k in wanted if tuple(state[k].shape) != tuple(own[k].shape)]
+    if bad:
+        k = bad[0]
+        raise OrandError(f"{where}: not {what} ({k} has shape {tuple(state[k].shape)}, "
+                         f"expected {tuple(own[k].shape)})")
+
+
+def load_backbone(model: FCN8s, state: Mapping[str, torch.Tensor], where: str) -> str:
+    """Load torchvision VGG16 weights (all but the first conv) or a full FCN8s state into ``model``.
+
+    Returns what was loaded (``"vgg16"`` or ``"fcn8s"``); anything else is an :class:`OrandError` naming ``where``.
+    """
+    if "classifier.0.weight" in state:
+        if model.width_div != 1:
+            raise OrandError(f"{where}: VGG16 weights need full width (width_div 1, got {model.width_div})")
+        mapped = vgg16_to_fcn(state)
+        wanted = [k for k in model.state_dict() if k.startswith(("features.", "fc6.", "fc7."))
+                  and not k.startswith("features.0.")]
+        _check_shapes(model, mapped, wanted, where, "torchvision VGG16 weights")
+        model.load_state_dict({k: mapped[k] for k in wanted}, strict=False)
+        return "vgg16"
+    _check_shapes(model, state, list(model.state_dict()), where, "VGG16 or ORANDNet weights")
+    model.load_state_dict({k: state[k] for k in model.state_dict()})
+    return "fcn8s"
+
+
+def build_model(arch: str = "fcn8s", width_div: int = 1, pretrained: str = "none") -> FCN8s:
+    """A fresh network; ``pretrained``: ``imagenet`` (torchvision's VGG16 file from the torch hub cache, offline),
+    a weights file (VGG16 or ORANDNet), or ``none``.
+
+    >>> build_model("fcn8s", width_div=16)(torch.rand(1, 1, 13, 21)).shape
+    torch.Size([1, 1, 13, 21])
+    """
+    from ..pretrained import load_pretrained_state
+
+    if pretrained == "imagenet" and width_div != 1:
+        raise OrandError(f"--pretrained imagenet needs the full VGG16 width (width_div 1, got {width_div})")
+    state = load_pretrained_state("vgg16", pretrained)
+    model = FCN8s(arch, width_div)
+    if state is not None:
+        where = "ImageNet VGG16 weights" if pretrained == "imagenet" else str(pretrained)
+        load_backbone(model, state, where)
+    return model
+
+
+# -- checkpoints -----------------------------------------------------------------------------------------------
+
+def check_full_state(model: FCN8s, state: Mapping[str, torch.Tensor], where: str) -> None:
+    """``state`` must hold exactly the tensors of ``model`` with their shapes (else a one-line error)."""
+    what = f"an ORANDNet {model.arch} checkpoint"
+    _check_shapes(model, state, list(model.state_dict()), where, what)
+    extra = sorted(set(state) - set(model.state_dict()))
+    if extra:
+        raise OrandError(f"{where}: not {what} (unexpected tensor {extra[0]})")
+
+
+def model_from_state(state: Mapping[str, torch.Tensor], arch: str, width_div: int, where: str) -> FCN8s:
+    """An :class:`FCN8s` holding exactly ``state`` (built on the meta device: no wasted random init)."""
+    with torch.device("meta"):
+        model = FCN8s(arch, width_div)
+    check_full_state(model, state, where)
+    model.load_state_dict(dict(state), strict=True, assign=True)
+    return model
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint (``weights_only=True``), checked to be ORANDNet's; one-line errors name the file.
+
+    A plain FCN8s state dict (e.g. only the ``model`` entry saved) is accepted as arch ``fcn8s``.
+    """
+    from ..runtime import load_checkpoint
+
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives
+        raise OrandError(f"{path}: corrupt or unreadable checkpoint (not a torch.save archive; truncated?)")
+    ckpt = load_checkpoint(path)
+    if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+        if not isinstance(ckpt.get("model"), dict) or not isinstance(ckpt.get("model_config"), dict):
+            raise OrandError(f"{path}: damaged ORANDNet checkpoint (no model or model_config entry)")
+        return ckpt
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        if "score_fr.weight" in ckpt and "features.0.weight" in ckpt:
+            width = max(1, 64 // int(ckpt["features.0.weight"].shape[0]))
+            return {"format": CHECKPOINT_FORMAT, "model": ckpt, "model_config": {"arch": "fcn8s", "width_div": width}}
+        example = ", ".join(list(ckpt)[:2])
+        raise OrandError(f"{path}: not an ORANDNet checkpoint (a state dict of another network: {example}, ...)")
+    raise OrandError(f"{path}: not an ORANDNet checkpoint (written by 'orand-addon train'?)")
+
+
+def load_orandnet(path: str | Path) -> tuple[FCN8s, dict]:
+    """``(model on CPU, checkpoint dict)`` from a file written by ``orand-addon train``."""
+    ckpt = read_checkpoint(path)
+    cfg = ckpt["model_config"]
+    arch, width = cfg.get("arch"), cfg.get("width_div", 1)
+    if arch not in ARCHS or not isinstance(width, int):
+        raise OrandError(f"{path}: checkpoint of an unknown ORANDNet variant ({cfg}); valid archs: {', '.join(ARCHS)}")
+    return model_from_state(ckpt["model"], arch, width, str(path)), ckpt

@@ -1,0 +1,191 @@
+"""Applying a trained ORANDNet to every image of the store: ``or`` maps in, kind ``orandnet`` out
+(``orand-addon predict``).
+
+Per class map: the network's score, ReLU, then divided by its own maximum (a map that is zero everywhere stays
+zero; the official code adds 1e-5 to the max instead). The result has the keys and size of ``or``, so
+``orand-addon export --kind orandnet --to irn`` gives IRN's layout (``keys``, stride-4 ``cam``, ``high_res``).
+
+Throughput: images of equal size are batched together, all class maps of an image in the same batch where they
+fit (``batch_size`` class maps per forward pass); bf16 autocast and channels-last on a GPU. The store is read and
+written in this process only (HDF5 allows one writer). Images already in ``orandnet`` are skipped, so an
+interrupted run resumes; an image with no classes gets an empty (0, H, W) entry so every id of ``or`` has one.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import OrandError, StoreError
+from ..runtime import Interrupted, autocast, progress, resolve_device
+from ..store import Store
+from .data import INPUT_KIND, require_kinds
+from .model import FCN8s, load_orandnet
+from .train import PRECISIONS, cudnn_mode, resolve_precision
+
+OUTPUT_KIND = "orandnet"
+DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Settings of a prediction run; ``batch_size`` 0 means 16 class maps on a GPU, 4 on a CPU."""
+
+    batch_size: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    dtype: str = "float16"
+    ids: tuple[str, ...] | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+def relu_max_normalize(scores: torch.Tensor) -> torch.Tensor:
+    """ReLU, then each (H, W) map divided by its own maximum; an all-zero map stays zero.
+
+    >>> relu_max_normalize(torch.tensor([[[-1.0, 2.0], [4.0, 0.0]], [[-3.0, -1.0], [0.0, -2.0]]])).tolist()
+    [[[0.0, 0.5], [1.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]]
+    """
+    x = scores.float().clamp_min(0)
+    peak = x.amax(dim=(-2, -1), keepdim=True)
+    return x / torch.where(peak > 0, peak, torch.ones_like(peak))
+
+
+def plan_batches(items: Sequence[tuple[str, tuple[int, int], int]], batch_size: int) -> list[list[str]]:
+    """Group ``(id, (H, W), K)`` into batches of images of one size holding at most ``batch_size`` class maps
+    (an image with more maps than that forms a batch alone); images with K = 0 are left out.
+
+    >>> plan_batches([("a", (2, 3), 2), ("b", (4, 4), 1), ("c", (2, 3), 3), ("d", (2, 3), 1), ("e", (2, 3), 0)], 4)
+    [['a', 'd'], ['c'], ['b']]
+    """
+    by_size: OrderedDict[tuple[int, int], list[tuple[str, int]]] = OrderedDict()
+    for image_id, size, k in items:
+        if k > 0:
+            by_size.setdefault(tuple(size), []).append((image_id, k))
+    batches: list[list[str]] = []
+    for group in by_size.values():
+        open_batches: list[tuple[list[str], int]] = []  # first-fit packing keeps the input order within a size
+        for image_id, k in group:
+            for n, (ids, used) in enumerate(open_batches):
+                if used + k <= batch_size:
+                    ids.append(image_id)
+                    open_batches[n] = (ids, used + k)
+                    break
+            else:
+                open_batches.append(([image_id], k))
+        batches += [ids for ids, _ in open_batches]
+    return batches
+
+
+@torch.inference_mode()
+def predict_maps(model: FCN8s, or_maps: torch.Tensor, batch_size: int, device: torch.device,
+                 precision: str) -> torch.Tensor:
+    """``(N, H, W)`` OR maps -> ``(N, H, W)`` ORANDNet maps (ReLU + per-map max normalisation) on the CPU."""
+    outputs = []
+    for chunk in or_maps.split(batch_size):
+        x = chunk[:, None].to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            scores = model(x)[:, 0]
+        outputs.append(relu_max_normalize(scores).cpu())
+    return torch.cat(outputs)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+@dataclass
+class _Job:
+    """What one prediction run writes, and how."""
+
+    model: FCN8s
+    device: torch.device
+    precision: str
+    batch_size: int
+    dtype: str
+
+
+def write_batch(store: Store, job: _Job, batch: Sequence[str]) -> None:
+    """Predict the class maps of ``batch`` (images of one size) in one go and write them to the store."""
+    read = [store.read_maps(INPUT_KIND, i) for i in batch]
+    maps = predict_maps(job.model, torch.from_numpy(np.concatenate([m for m, _ in read])), job.batch_size,
+                        job.device, job.precision).numpy()
+    parts = np.split(maps, np.cumsum([len(keys) for _, keys in read])[:-1])
+    for image_id, part, (_, keys) in zip(batch, parts, read):
+        store.write_maps(OUTPUT_KIND, image_id, part, keys, dtype=job.dtype)
+
+
+def write_all(store: Store, job: _Job, todo: Sequence[str], bar) -> tuple[int, list[str]]:
+    """Write ``orandnet`` for ``todo``; returns ``(written, ids with no classes)``. Ctrl-C keeps what is written."""
+    shapes = {i: store.map_shape(INPUT_KIND, i) for i in todo}
+    empty = [i for i in todo if shapes[i][0] == 0]
+    written = 0
+    try:
+        for image_id in empty:
+            store.write_maps(OUTPUT_KIND, image_id, np.zeros(shapes[image_id], np.float32),
+                             store.read_keys(INPUT_KIND, image_id), dtype=job.dtype)
+            written += 1
+            bar.update(1)
+        with cudnn_mode(deterministic=False, benchmark=True):
+            for batch in plan_batches([(i, shapes[i][1:], shapes[i][0]) for i in todo], job.batch_size):
+                write_batch(store, job, batch)
+                written += len(batch)
+                bar.update(len(batch))
+                if written % 64 < len(batch):
+                    store.flush()
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted after {written} of {len(todo)} images; {store.path} keeps them and the "
+                          f"same command resumes") from None
+    return written, empty
+
+
+def predict_orandnet(store_path: str | Path, checkpoint: str | Path, config: PredictConfig = PredictConfig(),
+                     command: str = "orand-addon predict", echo: Callable[[str], None] = _stderr) -> int:
+    """Write kind ``orandnet`` for every image of ``or`` (or ``config.ids``) missing it; returns how many."""
+    if config.dtype not in DTYPES:
+        raise OrandError(f"unknown map dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
+    if config.precision not in PRECISIONS:
+        raise OrandError(f"unknown precision {config.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if config.batch_size < 0:
+        raise OrandError(f"--batch-size must be >= 1 (or 0 for automatic), got {config.batch_size}")
+    if not Path(store_path).is_file():
+        raise StoreError(f"{store_path}: store not found")
+    device = resolve_device(config.device)
+    model, ckpt = load_orandnet(checkpoint)
+    model.eval().to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+    job = _Job(model, device, resolve_precision(device, config.precision),
+               config.batch_size or (16 if device.type == "cuda" else 4), config.dtype)
+    done_at, planned = ckpt.get("iteration"), (ckpt.get("train_config") or {}).get("iterations")
+    if isinstance(done_at, int) and isinstance(planned, int) and done_at < planned:
+        echo(f"note: {checkpoint} is at iteration {done_at} of {planned} (training not finished)")
+    parameters = {"checkpoint": str(Path(checkpoint).resolve()), "iteration": done_at, "saved_at": ckpt.get("saved_at"),
+                  "model": model.config(), "input": INPUT_KIND, "postprocess": "relu, per-map max normalisation",
+                  "dtype": config.dtype}
+    del ckpt
+    with Store(store_path, mode="a") as store:
+        require_kinds(store, (INPUT_KIND,), "run 'orand-addon fuse' first")
+        all_ids = store.ids(INPUT_KIND)
+        wanted = list(dict.fromkeys(config.ids)) if config.ids is not None else all_ids
+        absent = sorted(set(wanted) - set(all_ids))
+        if absent:
+            raise OrandError(f"{store_path}: {len(absent)} ids have no /{INPUT_KIND} maps, e.g. {', '.join(absent[:3])}")
+        store.begin([OUTPUT_KIND], command, parameters, force=config.overwrite)
+        todo = [i for i in wanted if not store.has(OUTPUT_KIND, i)]
+        if len(todo) < len(wanted):
+            echo(f"{len(wanted) - len(todo)} images already have /{OUTPUT_KIND} (skipped)")
+        bar = progress(desc="predict", total=len(todo), enabled=config.progress, unit="img")
+        try:
+            written, empty = write_all(store, job, todo, bar)
+        finally:
+            bar.close()
+    if empty:
+        echo(f"{len(empty)} images with no classes got an empty /{OUTPUT_KIND} entry: {', '.join(empty[:3])}")
+    return written

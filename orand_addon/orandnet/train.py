@@ -1,0 +1,325 @@
+"""Training ORANDNet on the store: ``or`` maps in, ``and`` maps as targets (``orand-addon train``).
+
+One step = one image, all its present classes as a batch of class maps, full resolution, no augmentation (as the
+paper); SGD with a polynomial learning-rate decay. The loop is made of small pieces so that torch.distributed can
+be added around them: :func:`build_training_model`, :func:`make_optimizer`, the seeded
+:class:`~.data.IterationSampler` (takes ``rank``/``world_size``), :func:`train_step` and
+:func:`save_training_state` / :func:`restore_training_state`.
+
+Optimizer facts (official ``module/optimizer.py``): one parameter group (no 10x rule for the head), lr 1e-3, poly
+power 0.9 over 5,000 steps. Its ``PolyOptimizer`` passes ``weight_decay`` positionally into ``SGD``'s ``momentum``
+slot, so the official run used momentum = 1e-4 (AMN+MCTformer script; 0 in the ResNet+ViT one) and no weight
+decay. Defaults here are the usual SGD recipe (momentum 0.9, weight decay 5e-4); ``momentum=1e-4,
+weight_decay=0`` reproduces the official optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from ..errors import OrandError
+from ..runtime import Interrupted, atomic_save, autocast, poly_lr, progress, resolve_device, seed_everything
+from .data import IterationSampler, OrAndMaps, make_loader, training_set
+from .losses import DEFAULT_LOSS, LossFn, get_loss
+from .model import ARCHS, CHECKPOINT_FORMAT, FCN8s, build_model, check_full_state, get_geometry, read_checkpoint
+
+CHECKPOINT_NAME = "last.pt"
+LOG_NAME = "train_log.json"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Settings a resumed run must share with the checkpoint (they change the mathematics of the remaining steps).
+RESUME_FIXED = ("iterations", "lr", "momentum", "weight_decay", "power", "loss", "arch", "width_div", "seed")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (recorded in the checkpoint)."""
+
+    iterations: int = 5000
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    power: float = 0.9
+    loss: str = DEFAULT_LOSS
+    pretrained: str = "imagenet"
+    arch: str = "fcn8s"
+    width_div: int = 1
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int = 1
+    ids: tuple[str, ...] | None = None
+    progress: bool = True
+
+    def check(self) -> None:
+        """One-line errors for impossible settings.
+
+        >>> TrainConfig(iterations=0).check()
+        Traceback (most recent call last):
+        ...
+        orand_addon.errors.OrandError: --iterations must be at least 1, got 0
+        """
+        if self.iterations < 1:
+            raise OrandError(f"--iterations must be at least 1, got {self.iterations}")
+        if self.checkpoint_every < 1:
+            raise OrandError(f"--checkpoint-every must be at least 1, got {self.checkpoint_every}")
+        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0:
+            raise OrandError("--lr must be > 0, --momentum and --weight-decay >= 0")
+        if self.precision not in PRECISIONS:
+            raise OrandError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        get_loss(self.loss)
+        get_geometry(self.arch)
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """The precision actually used: fp32 on CPU; on CUDA ``auto`` is bf16 (fp16 where bf16 is unsupported).
+
+    >>> resolve_precision(torch.device("cpu"), "bf16")
+    'fp32'
+    """
+    if device.type != "cuda":
+        return "fp32"
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return precision
+
+
+# -- pieces of the loop ----------------------------------------------------------------------------------------
+
+def build_training_model(config: TrainConfig, resuming: bool) -> FCN8s:
+    """The network to train; a resumed run skips the pretrained weights (the checkpoint replaces them)."""
+    return build_model(config.arch, config.width_div, "none" if resuming else config.pretrained)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD:
+    """Plain SGD over all parameters, one group (as the official code); the lr is set per step by poly decay."""
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               batch: dict, loss_fn: LossFn, lr: float, device: torch.device, precision: str) -> float:
+    """One SGD step on one image (its K class maps as a batch); returns the loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    inputs = batch["input"].to(device, non_blocking=True)[:, None]
+    targets = batch["target"].to(device, non_blocking=True)
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, precision):
+        scores = model(inputs)[:, 0]
+    loss = loss_fn(scores, targets)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return float(loss.detach())
+
+
+def save_training_state(path: Path, model: FCN8s, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                        iteration: int, config: TrainConfig, ids: Sequence[str], history: list[float],
+                        store_path: str | Path) -> Path:
+    """Checkpoint everything a resumed run needs (loadable with ``weights_only=True``), written atomically."""
+    from .. import __version__
+
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "orand_addon_version": __version__,
+        "model_config": model.config(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+        "iteration": iteration,
+        "train_config": {k: v for k, v in asdict(config).items() if k != "ids"},
+        "ids": list(ids),
+        "store": str(Path(store_path).resolve()),
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "history": list(history),
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return atomic_save(state, path)
+
+
+def check_resumable(ckpt: dict, config: TrainConfig, ids: Sequence[str], where: Path) -> None:
+    """A resumed run must use the settings and images of the checkpoint (else it would not continue it)."""
+    saved = ckpt.get("train_config")
+    if not isinstance(saved, dict) or "iteration" not in ckpt:
+        raise OrandError(f"{where}: holds weights only, not a training state to resume (use --pretrained {where})")
+    current = asdict(config)
+    diff = [f"{k} {saved.get(k)!r} -> {current[k]!r}" for k in RESUME_FIXED if saved.get(k) != current[k]]
+    if diff:
+        raise OrandError(f"{where}: was trained with other settings ({'; '.join(diff)}); resume with the same "
+                         f"options or start a new --out")
+    if list(ckpt.get("ids", [])) != list(ids):
+        raise OrandError(f"{where}: was trained on other images ({len(ckpt.get('ids', []))} ids, now {len(ids)}); "
+                         f"resume with the same --store and --ids")
+
+
+def restore_training_state(ckpt: dict, model: FCN8s, optimizer: torch.optim.Optimizer,
+                           scaler: torch.amp.GradScaler, where: Path) -> tuple[int, list[float]]:
+    """Load model, optimizer, scaler and RNG states; returns ``(iteration, loss history)``."""
+    check_full_state(model, ckpt["model"], str(where))
+    model.load_state_dict(ckpt["model"])
+    try:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler.is_enabled() and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if torch.cuda.is_available() and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise OrandError(f"{where}: damaged training state ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    return int(ckpt["iteration"]), [float(x) for x in ckpt.get("history", [])]
+
+
+def write_log(out_dir: Path, config: TrainConfig, iteration: int, history: list[float], notes: list[str]) -> None:
+    """``train_log.json``: settings, iteration and per-step losses (rewritten with each checkpoint)."""
+    record = {"iteration": iteration, "config": {k: v for k, v in asdict(config).items() if k != "ids"},
+              "notes": notes, "losses": history}
+    tmp = out_dir / f".{LOG_NAME}.tmp"
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, out_dir / LOG_NAME)
+
+
+@contextlib.contextmanager
+def cudnn_mode(deterministic: bool, benchmark: bool) -> Iterator[None]:
+    """Set cuDNN's algorithm choice for a block (deterministic kernels make GPU runs repeatable), then restore it."""
+    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, benchmark
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+
+
+class StopRequest:
+    """Ctrl-C (SIGINT) sets :attr:`requested` so the current step finishes and a checkpoint is saved; a second
+    Ctrl-C interrupts at once. Outside the main thread, Ctrl-C stays a plain ``KeyboardInterrupt``."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "StopRequest":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+# -- the run ---------------------------------------------------------------------------------------------------
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def prepare_out_dir(out_dir: Path, resume: bool) -> Path:
+    """The checkpoint path; refuses to overwrite an earlier run unless resuming it."""
+    ckpt = out_dir / CHECKPOINT_NAME
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OrandError(f"{out_dir}: --out must be a folder, this is a file")
+    if resume and not ckpt.is_file():
+        raise OrandError(f"{ckpt}: no checkpoint to resume (run without --resume to start)")
+    if not resume and ckpt.exists():
+        raise OrandError(f"{ckpt} exists; pass --resume to continue that run or choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OrandError(f"{out_dir}: cannot create the run folder ({exc.strerror})") from None
+    return ckpt
+
+
+def train_orandnet(store_path: str | Path, out_dir: str | Path, config: TrainConfig = TrainConfig(),
+                   resume: bool = False, echo: Callable[[str], None] = _stderr) -> Path:
+    """Train ORANDNet on ``store_path`` (kinds ``or`` and ``and``); returns the checkpoint ``out_dir/last.pt``.
+
+    Checkpoints every ``config.checkpoint_every`` steps, at the end and on Ctrl-C (then raises
+    :class:`~orand_addon.runtime.Interrupted`); ``resume=True`` continues ``out_dir/last.pt`` exactly.
+    """
+    config.check()
+    out_dir = Path(out_dir)
+    ckpt_path = prepare_out_dir(out_dir, resume)
+    data = training_set(store_path, config.ids)
+    device = resolve_device(config.device)
+    precision = resolve_precision(device, config.precision)
+    saved = None
+    if resume:
+        saved = read_checkpoint(ckpt_path)
+        check_resumable(saved, config, data.ids, ckpt_path)
+    seed_everything(config.seed)
+    model = build_training_model(config, resuming=resume).to(device).train()
+    notes = data.notes()
+    for line in notes:
+        echo(line)
+    optimizer = make_optimizer(model, config)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    start, history = 0, []
+    if saved is not None:
+        start, history = restore_training_state(saved, model, optimizer, scaler, ckpt_path)
+        del saved
+        if start >= config.iterations:
+            echo(f"{ckpt_path} is already complete ({start} of {config.iterations} iterations)")
+            return ckpt_path
+        echo(f"resuming {ckpt_path} at iteration {start} of {config.iterations}")
+    loss_fn = get_loss(config.loss)
+    dataset = OrAndMaps(store_path, data.ids)
+    sampler = IterationSampler(len(data.ids), config.seed, start, config.iterations)
+    loader = make_loader(dataset, sampler, config.workers, pin_memory=device.type == "cuda")
+
+    saved_at = {"iteration": start if resume else None}
+
+    def checkpoint(done: int) -> None:
+        save_training_state(ckpt_path, model, optimizer, scaler, done, config, data.ids, history, store_path)
+        write_log(out_dir, config, done, history, notes)
+        saved_at["iteration"] = done
+
+    done = start
+    recent: deque[float] = deque(maxlen=50)
+    bar = progress(desc="train", total=config.iterations, initial=start, enabled=config.progress, unit="it")
+    try:
+        with StopRequest() as stop, cudnn_mode(deterministic=True, benchmark=False):
+            for step, batch in zip(range(start, config.iterations), loader):
+                lr = poly_lr(config.lr, step, config.iterations, config.power)
+                loss = train_step(model, optimizer, scaler, batch, loss_fn, lr, device, precision)
+                history.append(loss)
+                recent.append(loss)
+                done = step + 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}", refresh=False)
+                if done % config.checkpoint_every == 0 or done == config.iterations or stop.requested:
+                    checkpoint(done)
+                if stop.requested and done < config.iterations:
+                    raise Interrupted(f"interrupted at iteration {done} of {config.iterations}; saved {ckpt_path}; "
+                                      f"continue with the same command and --resume")
+    except KeyboardInterrupt:
+        last = saved_at["iteration"]
+        hint = (f"{ckpt_path} holds iteration {last}; continue with the same command and --resume" if last is not None
+                else "no checkpoint was saved yet; run the same command again")
+        raise Interrupted(f"interrupted at iteration {done} of {config.iterations}; {hint}") from None
+    finally:
+        bar.close()
+        dataset.close()
+    return ckpt_path
+
+
+__all__ = ["TrainConfig", "train_orandnet", "train_step", "make_optimizer", "build_training_model", "ARCHS"]
