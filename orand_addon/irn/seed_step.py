@@ -1,0 +1,144 @@
+"""The seeds step: IRN seeds of every image into ``/seeds`` of the store, on all CPU cores; or seeds from PNGs.
+
+Resumable at image granularity: ids already in ``/seeds`` are skipped. The maps are read in the main process
+(which alone holds the store open for writing); the worker processes load the image and run both CRF passes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import OrandError
+from ..io.images import image_size, load_image, load_label_png
+from ..runtime import Interrupted, progress as progress_bar
+from ..store import Store
+from .inputs import bounded_map, check_finite, check_images, cpu_count, select_ids
+from .seeds import SeedOptions, seed_from_labels, threshold_labels
+
+
+@dataclass
+class SeedReport:
+    written: int = 0
+    skipped_existing: int = 0
+    no_foreground_seed: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"seeds: wrote {self.written} images, {self.skipped_existing} already present"]
+        if self.no_foreground_seed:
+            out.append(f"seeds: {len(self.no_foreground_seed)} images have no foreground seed (e.g. "
+                       f"{', '.join(self.no_foreground_seed[:3])}); they still give background pairs")
+        return out
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
+
+
+def _seed_task(task: tuple) -> tuple[str, np.ndarray | OrandError]:
+    image_id, images, fg, bg, keys, crf = task
+    try:
+        image = load_image(images, image_id)
+        return image_id, seed_from_labels(image, fg, bg, keys, crf)
+    except OrandError as exc:
+        return image_id, exc
+
+
+def _tasks(store: Store, kind: str, ids: Sequence[str], images: str, options: SeedOptions) -> Iterator[tuple]:
+    for image_id in ids:
+        maps, keys = store.read_maps(kind, image_id)
+        check_finite(image_id, maps, f"/{kind} maps")
+        fg = threshold_labels(maps, options.fg_thres)
+        bg = threshold_labels(maps, options.bg_thres)
+        yield image_id, images, fg, bg, keys, options.crf
+
+
+def make_seeds(store_path: str | Path, kind: str, images: str | Path, ids: Sequence[str] | None = None,
+               options: SeedOptions = SeedOptions(), workers: int | None = None, overwrite: bool = False,
+               progress: bool = True, command: str = "orand-addon refine --steps seeds") -> SeedReport:
+    """IRN seeds from the ``kind`` maps of the store into ``/seeds`` (uint8: 0, 1..C, 255); resumable.
+
+    ``workers``: CRF processes (default: every CPU core; 0 or 1 runs in this process).
+    """
+    report = SeedReport()
+    workers = cpu_count() if workers is None else workers
+    parameters = {"source": "maps", "kind": kind, "fg_thres": options.fg_thres, "bg_thres": options.bg_thres,
+                  "crf": asdict(options.crf)}
+    with Store(store_path, mode="a") as store:
+        todo_all = select_ids(store, kind, ids, "the maps to seed from")
+        check_images(images, todo_all, lambda i: store.map_shape(kind, i)[1:], f"/{kind} maps")  # before any write
+        store.begin(["seeds"], command, parameters, force=overwrite)
+        todo = [i for i in todo_all if not store.has("seeds", i)]
+        report.skipped_existing = len(todo_all) - len(todo)
+        executor = None
+        if workers > 1 and len(todo) > 1:
+            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+            executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
+        bar = progress_bar(total=len(todo), desc="seeds", unit="img", enabled=progress)
+        try:
+            tasks = _tasks(store, kind, todo, str(images), options)
+            for image_id, seed in bounded_map(executor, _seed_task, tasks, window=2 * max(workers, 1)):
+                if isinstance(seed, OrandError):
+                    raise seed
+                _record(store, image_id, seed, report)
+                bar.update(1)
+        except KeyboardInterrupt:
+            raise Interrupted(f"seeds interrupted after {report.written} of {len(todo)} images; "
+                              f"the same command resumes") from None
+        finally:
+            bar.close()
+            if executor is not None:  # forked workers share the store's file lock: they must be gone first
+                executor.shutdown(wait=True, cancel_futures=True)
+    return report
+
+
+def _record(store: Store, image_id: str, seed: np.ndarray, report: SeedReport) -> None:
+    store.write_mask("seeds", image_id, seed)
+    report.written += 1
+    fg = (seed > 0) & (seed < 255)
+    if not fg.any():
+        report.no_foreground_seed.append(image_id)
+
+
+def import_seed_pngs(store_path: str | Path, png_dir: str | Path, images: str | Path,
+                     ids: Sequence[str] | None = None, overwrite: bool = False, progress: bool = True,
+                     command: str = "orand-addon refine --seeds-png") -> SeedReport:
+    """Seeds from label PNGs (``<id>.png``: 0 background, 1..C, 255 unsure) into ``/seeds``; resumable."""
+    folder = Path(png_dir)
+    if not folder.is_dir():
+        raise OrandError(f"{folder}: seed PNG folder not found")
+    report = SeedReport()
+    wanted = list(ids) if ids is not None else sorted(p.stem for p in folder.glob("*.png"))
+    if not wanted:
+        raise OrandError(f"{folder}: no seed PNGs (<id>.png)")
+    with Store(store_path, mode="a") as store:
+        n_classes = len(store.class_names)
+        for image_id in wanted:  # every check before any write
+            if not (folder / f"{image_id}.png").is_file():
+                raise OrandError(f"{image_id}: no seed PNG {folder / (image_id + '.png')}")
+        check_images(images, wanted, lambda i: image_size(folder, i), "seed PNGs")
+        store.begin(["seeds"], command, {"source": "png", "dir": str(folder.resolve())}, force=overwrite)
+        todo = [i for i in wanted if not store.has("seeds", i)]
+        report.skipped_existing = len(wanted) - len(todo)
+        bar = progress_bar(total=len(todo), desc="seeds", unit="img", enabled=progress)
+        try:
+            for image_id in todo:
+                seed = load_label_png(folder / f"{image_id}.png")
+                bad = np.unique(seed[(seed >= n_classes) & (seed != 255)])
+                if bad.size:
+                    raise OrandError(f"{image_id}: seed PNG has values {bad[:5].tolist()} outside 0..{n_classes - 1} "
+                                     f"and 255 ({folder})")
+                _record(store, image_id, seed, report)
+                bar.update(1)
+        except KeyboardInterrupt:
+            raise Interrupted(f"seed import interrupted after {report.written} images; the same command resumes") from None
+        finally:
+            bar.close()
+    return report
