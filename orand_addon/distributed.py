@@ -1,12 +1,75 @@
-"""torch.distributed helpers: who am I, which ids are mine (single process when not launched by torchrun)."""
+"""torch.distributed helpers: who am I, which ids are mine, the process group, DDP, shard files.
+
+The engine is ``torch.distributed`` launched by ``torchrun``; nothing here schedules anything. Every helper is a
+no-op for one process (``WORLD_SIZE`` unset or 1), so a stage written with them runs unchanged with and without
+``torchrun``.
+
+**Training stages** (ORANDNet ``train`` does exactly this; IRN training and ``train-seg`` plug in the same way)::
+
+    from orand_addon import distributed as dist_
+
+    with dist_.process_group(config.device) as (info, device):  # gloo on CPU, nccl on CUDA; cuda:LOCAL_RANK
+        say = dist_.main_only(echo, info)                         # notes and logs from rank 0 only
+        model = build_model(...).to(device)
+        model = dist_.convert_sync_batchnorm(model, device)       # only where BatchNorm trains (CUDA only)
+        net = dist_.wrap_ddp(model, device)                       # DistributedDataParallel, or model itself
+        optimizer = make_optimizer(model)                         # the unwrapped parameters (same tensors)
+        sampler = YourSampler(..., rank=info.rank, world_size=info.world_size)   # or:
+        sampler = dist_.distributed_sampler(dataset, info, shuffle=True, seed=seed)  # + set_epoch(epoch)
+        for step, batch in ...:                                   # per-rank batch = global batch / world size
+            loss = loss_fn(net(x), y); loss.backward(); optimizer.step()   # DDP averages the gradients
+            loss_mean, = dist_.mean_across_ranks([float(loss)], device)    # what one process would log
+            if info.is_main and time_to_save:
+                atomic_save({"model": dist_.unwrap(net).state_dict(), ...}, path)
+            dist_.barrier()                                       # the other ranks wait for the checkpoint
+
+Rules that make the DDP run equal one process with the same global batch: the per-rank batch is the global batch
+divided by the world size; iterations, the lr schedule and checkpoint intervals count optimizer steps; DDP
+averages gradients over ranks, so the one-process reference averages the losses of the same samples (gradient
+accumulation, each loss divided by their number); randomness that must not depend on the rank (dropout,
+augmentation) is seeded per *sample*, not per process (:func:`orand_addon.orandnet.data.sample_seed`); the
+checkpoint records the global batch and a resume refuses another one. Ctrl-C: ``StopRequest(repeat_interrupts=
+False)`` (torchrun forwards the terminal's Ctrl-C a second time) and ``sum_across_ranks([float(stop.requested)],
+device)`` every step, so all ranks stop after the same step (see :func:`orand_addon.orandnet.train._train`).
+
+**Per-image stages** (``fuse``, ``predict``; later seeds, walk, segment) need no process group at all: rank ``r``
+of ``w`` (from ``RANK``/``WORLD_SIZE``) writes its own shard store, and ``orand-addon merge --from-shards OUT``
+joins the shards (any group, ``masks``/``seeds`` included)::
+
+    from orand_addon.distributed import dist_info, shard
+    from orand_addon.merge import done_in_main, finish_shard, open_shard, start_shard
+
+    info = dist_info()
+    if info.enabled:
+        mine = shard(ids, info.rank, info.world_size)            # or shard the batches of the one-process plan
+        skip = done_in_main(out, groups, parameters, overwrite)   # ids the main store already has (read-only)
+        with open_shard(out, info, class_names) as store:         # OUT.rank{r}-of-{w}.h5
+            store.begin(groups, command, parameters, force=overwrite)
+            start_shard(store, info, len(mine))                   # complete: false, flushed
+            for image_id in mine:
+                if image_id in skip or all(store.has(g, image_id) for g in groups):
+                    continue
+                store.write_mask("seeds", image_id, ...)
+                store.flush()                                     # a killed rank keeps every id it wrote
+            finish_shard(store, info, len(mine))                  # complete: true (merge checks it)
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, TypeVar
+
+from .errors import OrandError
+
+if TYPE_CHECKING:  # torch is imported inside the functions: ``--help`` and pure helpers stay fast
+    import torch
 
 T = TypeVar("T")
+SHARD_RE = re.compile(r"^(?P<stem>.+)\.rank(?P<rank>\d+)-of-(?P<world>\d+)(?P<suffix>\.[^.]*)?$")
 
 
 @dataclass(frozen=True)
@@ -30,10 +93,17 @@ def dist_info() -> DistInfo:
     >>> dist_info() if "WORLD_SIZE" not in os.environ else DistInfo()
     DistInfo(rank=0, world_size=1, local_rank=0)
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    return DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return DistInfo()
+        info = DistInfo(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    except ValueError:
+        raise OrandError(f"RANK/WORLD_SIZE/LOCAL_RANK must be integers, got RANK={os.environ.get('RANK')!r} "
+                         f"WORLD_SIZE={os.environ.get('WORLD_SIZE')!r}") from None
+    if not 0 <= info.rank < world:
+        raise OrandError(f"RANK={info.rank} is outside 0..{world - 1} (WORLD_SIZE={world})")
+    return info
 
 
 def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
@@ -43,3 +113,283 @@ def shard(items: Sequence[T], rank: int, world_size: int) -> list[T]:
     ['b', 'e']
     """
     return list(items[rank::world_size])
+
+
+# -- shard files ---------------------------------------------------------------------------------------------
+
+def shard_path(path: str | Path, rank: int, world_size: int) -> Path:
+    """The file rank ``rank`` of ``world_size`` writes instead of ``path``.
+
+    >>> shard_path("runs/fused.h5", 0, 2).as_posix()
+    'runs/fused.rank0-of-2.h5'
+    >>> shard_path("fused", 3, 4).as_posix()
+    'fused.rank3-of-4'
+    """
+    path = Path(path)
+    return path.with_name(f"{path.stem if path.suffix else path.name}.rank{rank}-of-{world_size}{path.suffix}")
+
+
+def parse_shard_path(path: str | Path) -> tuple[Path, int, int] | None:
+    """``(main store, rank, world size)`` of a shard file name, or None for a name that is not one.
+
+    >>> base, rank, world = parse_shard_path("runs/my.fused.rank1-of-2.h5")
+    >>> base.as_posix(), rank, world
+    ('runs/my.fused.h5', 1, 2)
+    >>> parse_shard_path("fused.h5") is None
+    True
+    """
+    path = Path(path)
+    m = SHARD_RE.match(path.name)
+    if m is None or int(m["rank"]) >= int(m["world"]):
+        return None
+    return path.with_name(m["stem"] + (m["suffix"] or "")), int(m["rank"]), int(m["world"])
+
+
+def find_shards(path: str | Path) -> list[Path]:
+    """The shard files of the store ``path`` (``STEM.rankR-of-W.SUFFIX`` next to it), in rank order.
+
+    All ranks of one world size must be there; shards of two world sizes side by side are refused (pass the
+    files explicitly to merge them anyway).
+    """
+    path = Path(path)
+    folder = path.parent
+    found: dict[int, dict[int, Path]] = {}
+    for candidate in sorted(folder.glob(f"{glob_escape(path.stem if path.suffix else path.name)}.rank*-of-*")):
+        parsed = parse_shard_path(candidate)
+        if parsed is not None and parsed[0] == path and candidate.is_file():
+            found.setdefault(parsed[2], {})[parsed[1]] = candidate
+    if not found:
+        raise OrandError(f"{path}: no shard files {shard_path(path, 0, 2).name.replace('0-of-2', '*-of-*')} "
+                         f"in {folder}")
+    if len(found) > 1:
+        sizes = ", ".join(str(w) for w in sorted(found))
+        raise OrandError(f"{path}: shards of runs with {sizes} ranks lie side by side; pass the files to merge "
+                         f"explicitly (orand-addon merge --out {path.name} SHARD...)")
+    (world, ranks), = found.items()
+    missing = [r for r in range(world) if r not in ranks]
+    if missing:
+        raise OrandError(f"{path}: shard {missing[0]} of {world} ({shard_path(path, missing[0], world).name}) is "
+                         f"missing; rerun the sharded command, or pass the shard files explicitly")
+    return [ranks[r] for r in range(world)]
+
+
+def glob_escape(text: str) -> str:
+    """``text`` with glob's special characters escaped.
+
+    >>> glob_escape("a[1]*.h5")
+    'a[[]1[]][*].h5'
+    """
+    return re.sub(r"([*?\[\]])", r"[\1]", text)
+
+
+# -- devices and the process group ----------------------------------------------------------------------------
+
+def backend_for(device: "torch.device") -> str:
+    """The process-group backend of a device: nccl for CUDA, gloo otherwise.
+
+    >>> import torch
+    >>> backend_for(torch.device("cpu"))
+    'gloo'
+    """
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def pinned(spec: str) -> bool:
+    """Whether ``--device`` names one GPU (``cuda:N``) rather than letting the rank choose.
+
+    >>> pinned("cuda:1"), pinned("cuda"), pinned("auto")
+    (True, False, False)
+    """
+    return ":" in (spec or "")
+
+
+def pick_device(spec: str, info: DistInfo) -> "torch.device":
+    """The device of this rank: ``--device cuda:N`` is used as given (pinned); ``auto``/``cuda`` under torchrun
+    mean ``cuda:LOCAL_RANK`` (modulo the GPUs visible: indices count those in ``CUDA_VISIBLE_DEVICES``); one
+    process as :func:`~orand_addon.runtime.resolve_device`.
+
+    >>> str(pick_device("cpu", DistInfo(1, 2, 1)))
+    'cpu'
+    """
+    import torch
+
+    from .runtime import resolve_device
+
+    device = resolve_device(spec)
+    if device.type != "cuda" or pinned(spec) or not info.enabled:
+        return device
+    return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+
+
+def check_one_gpu_per_process(spec: str, device: "torch.device") -> None:
+    """NCCL needs a GPU of its own for every process of a node (``LOCAL_WORLD_SIZE``, set by torchrun)."""
+    import torch
+
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if device.type != "cuda" or local <= 1:
+        return
+    if pinned(spec):
+        raise OrandError(f"--device {spec} puts all {local} processes of this node on one GPU, which NCCL refuses; "
+                         f"use --device auto or cuda (rank r on cuda:LOCAL_RANK)")
+    if local > torch.cuda.device_count():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise OrandError(f"{local} processes on this node but only {torch.cuda.device_count()} GPU(s) visible"
+                         + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+                         + "; training needs one GPU per process: start fewer, or use --device cpu")
+
+
+@contextlib.contextmanager
+def process_group(device: str = "auto", info: DistInfo | None = None) -> Iterator[tuple[DistInfo, "torch.device"]]:
+    """Join the torchrun process group for a block and leave it after; yields ``(info, device)``.
+
+    One process: no group, only the device. Under torchrun: ``init_process_group`` with the backend of the
+    device (:func:`backend_for`) from torchrun's ``MASTER_ADDR``/``MASTER_PORT``; a group the caller already
+    set up is used as it is and left alone.
+    """
+    import torch
+    import torch.distributed as dist
+
+    info = info or dist_info()
+    dev = pick_device(device, info)
+    if not info.enabled or dist.is_initialized():
+        yield info, dev
+        return
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+    if missing:
+        raise OrandError(f"WORLD_SIZE={info.world_size} but {' and '.join(missing)} not set; launch training with "
+                         f"torchrun (see docs/distributed.md)")
+    check_one_gpu_per_process(device, dev)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    try:
+        dist.init_process_group(backend_for(dev), rank=info.rank, world_size=info.world_size)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OrandError(f"rank {info.rank}: cannot join the process group at {os.environ['MASTER_ADDR']}:"
+                         f"{os.environ['MASTER_PORT']} ({first})") from None
+    try:
+        yield info, dev
+    finally:
+        with contextlib.suppress(RuntimeError, ValueError):
+            dist.destroy_process_group()
+
+
+def _initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    import torch.distributed as dist
+
+    if _initialized():
+        dist.barrier()
+
+
+# -- models and data ------------------------------------------------------------------------------------------
+
+def wrap_ddp(model: "torch.nn.Module", device: "torch.device", **ddp_kwargs: Any) -> "torch.nn.Module":
+    """``DistributedDataParallel(model)`` in a process group, the model itself otherwise.
+
+    >>> import torch
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> wrap_ddp(layer, torch.device("cpu")) is layer
+    True
+    """
+    if not _initialized():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else 0] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, output_device=ids[0] if ids else None, **ddp_kwargs)
+
+
+def unwrap(model: "torch.nn.Module") -> "torch.nn.Module":
+    """The plain module inside DDP (what checkpoints store), or ``model`` itself.
+
+    >>> import torch
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> unwrap(layer) is layer
+    True
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def convert_sync_batchnorm(model: "torch.nn.Module", device: "torch.device") -> "torch.nn.Module":
+    """BatchNorm layers as ``SyncBatchNorm`` (statistics over the global batch) when training on CUDA in a
+    process group; otherwise the model unchanged (PyTorch's SyncBatchNorm needs a GPU: CPU/gloo runs keep
+    per-rank statistics). Call before :func:`wrap_ddp`; frozen BN (``eval()``) is never synchronised anyway.
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    >>> type(convert_sync_batchnorm(net, torch.device("cpu"))[1]).__name__
+    'BatchNorm2d'
+    """
+    if not _initialized() or device.type != "cuda":
+        return model
+    import torch
+
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def distributed_sampler(dataset: Any, info: DistInfo, shuffle: bool = True, seed: int = 0,
+                        drop_last: bool = False) -> "torch.utils.data.Sampler":
+    """torch's ``DistributedSampler`` for rank ``info.rank`` (call ``set_epoch(epoch)`` every epoch).
+
+    >>> list(distributed_sampler(list(range(5)), DistInfo(1, 2), shuffle=False))
+    [1, 3, 0]
+    """
+    from torch.utils.data import DistributedSampler
+
+    return DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=shuffle, seed=seed,
+                              drop_last=drop_last)
+
+
+def sum_across_ranks(values: Sequence[float], device: "torch.device") -> list[float]:
+    """Element-wise sums of ``values`` over all ranks (float64; ``values`` itself without a process group).
+
+    >>> import torch
+    >>> sum_across_ranks([1.5, 2.0], torch.device("cpu"))
+    [1.5, 2.0]
+    """
+    if not _initialized():
+        return [float(v) for v in values]
+    import torch
+    import torch.distributed as dist
+
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.cpu().tolist()
+
+
+def mean_across_ranks(values: Sequence[float], device: "torch.device") -> list[float]:
+    """Element-wise means over all ranks (what one process seeing the whole global batch would report).
+
+    >>> import torch
+    >>> mean_across_ranks([3.0], torch.device("cpu"))
+    [3.0]
+    """
+    if not _initialized():
+        return [float(v) for v in values]
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    return [v / world for v in sum_across_ranks(values, device)]
+
+
+def main_only(echo: Callable[[str], None], info: DistInfo) -> Callable[[str], None]:
+    """``echo`` on rank 0, a no-op on the other ranks (notes, logs and summaries are printed once).
+
+    >>> main_only(print, DistInfo(1, 2))("hidden")
+    >>> main_only(print, DistInfo(0, 2))("shown")
+    shown
+    """
+    return echo if info.is_main else _silent
+
+
+def _silent(_: str) -> None:
+    return None

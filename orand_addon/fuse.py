@@ -2,6 +2,9 @@
 
 :func:`align_image` and :func:`fuse_image` are pure; :func:`run_fuse` is the streaming shell (one image at a time,
 optional worker processes, resumable). What was done to odd inputs is collected in a :class:`FuseReport`.
+
+Under torchrun (``dist`` with ``world_size`` > 1) rank ``r`` fuses ``shard(ids, r, w)`` into its own shard store
+``STEM.rank{r}-of-{w}.h5`` (no process group needed); ``orand-addon merge --from-shards OUT`` joins them.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import numpy as np
 from tqdm import tqdm
 
 from .classes import ClassSet, ImageLabels
+from .distributed import DistInfo, shard, shard_path
 from .errors import FormatError, OrandError
 from .fusion import fuse_and, fuse_mean, fuse_or
 from .io.formats import CamRecord
 from .io.images import image_size
 from .io.resize import resize_maps
 from .io.sources import read_cams
+from .merge import done_in_main, finish_shard, open_shard, start_shard
 from .runtime import Interrupted
 from .store import Store
 
@@ -275,8 +280,13 @@ def run_fuse(
     command: str = "orand-addon fuse",
     overwrite: bool = False,
     progress: bool = True,
+    dist: DistInfo = DistInfo(),
 ) -> FuseReport:
-    """Fuse CAM sources into the store at ``out``; resumable (ids already written are skipped)."""
+    """Fuse CAM sources into the store at ``out``; resumable (ids already written are skipped).
+
+    With ``dist.world_size`` > 1 this rank fuses its share of the ids into ``shard_path(out, rank, world)``
+    (flushed after every image), skipping those already in its shard or in ``out``; its report counts its share.
+    """
     if len(sources) < 2:
         raise OrandError("fusion needs at least two CAM sources (--cams-a and --cams-b)")
     if len(sources) > len(SOURCE_NAMES):
@@ -297,14 +307,25 @@ def run_fuse(
     provenance = {"command": command, "parameters": parameters,
                   "sources": [{"name": SOURCE_NAMES[i], "path": str(Path(p).resolve()) if ":" not in str(p) else str(p),
                                "format": f} for i, (p, f) in enumerate(zip(job.sources, job.formats))]}
-    with Store(out, mode="a", class_names=class_set.names, compression=compression) as store:
+    done_main: set[str] = set()
+    if dist.enabled:
+        report.skipped_missing = shard(report.skipped_missing, dist.rank, dist.world_size)
+        todo_all = shard(todo_all, dist.rank, dist.world_size)
+        done_main = done_in_main(out, groups, parameters, overwrite)
+    target = shard_path(out, dist.rank, dist.world_size) if dist.enabled else Path(out)
+    flush_every = 1 if dist.enabled else 64  # a killed rank keeps every id it wrote
+    with (open_shard(out, dist, class_set.names, compression) if dist.enabled
+          else Store(out, mode="a", class_names=class_set.names, compression=compression)) as store:
         store.begin(groups, command, parameters, force=overwrite)
         if not store.provenance:
             store.set_provenance(provenance)
-        done = {i for i in todo_all if all(store.has(g, i) for g in groups)}
+        if dist.enabled:
+            start_shard(store, dist, len(todo_all))
+        done = {i for i in todo_all if i in done_main or all(store.has(g, i) for g in groups)}
         report.skipped_existing = len(done)
         todo = [i for i in todo_all if i not in done]
-        bar = tqdm(total=len(todo), desc="fuse", unit="img", disable=not progress, file=sys.stderr)
+        bar = tqdm(total=len(todo), desc="fuse", unit="img", disable=not progress or not dist.is_main,
+                   file=sys.stderr)
         pool = None
         try:
             if workers > 1 and len(todo) > 1:
@@ -324,11 +345,13 @@ def run_fuse(
                     report.note(kind, text)
                 report.written += 1
                 bar.update(1)
-                if n % 64 == 0:
+                if n % flush_every == 0:
                     store.flush()
+            if dist.enabled:
+                finish_shard(store, dist, len(todo_all))
         except KeyboardInterrupt:
             raise Interrupted(
-                f"interrupted after {report.written} of {len(todo)} images; {out} is readable and the same "
+                f"interrupted after {report.written} of {len(todo)} images; {target} is readable and the same "
                 f"command resumes where it stopped"
             ) from None
         finally:

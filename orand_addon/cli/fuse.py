@@ -61,8 +61,14 @@ def fuse(**kw) -> None:
       orand-addon fuse --cams-a resnet/ --cams-b vit/ --format-b orandnet --shift-b 0.15 --out fused.h5
 
     A rerun of the same command skips the ids already written, so an interrupted run resumes.
+
+    \b
+    Several processes or machines (torchrun; each rank writes OUT's shard, then merge):
+      torchrun --nproc-per-node 4 -m orand_addon fuse --cams-a amn/ --cams-b mct/ --out fused.h5
+      orand-addon merge --from-shards fused.h5
     """
     from ..classes import get_class_set, load_labels, read_id_list
+    from ..distributed import dist_info, shard_path
     from ..fuse import MAP_KINDS, FuseOptions, run_fuse
 
     letters = [x for x in SOURCE_LETTERS if kw[f"cams_{x}"]]
@@ -72,6 +78,7 @@ def fuse(**kw) -> None:
     bad = [k for k in kinds if k not in MAP_KINDS]
     if bad or not kinds:
         raise click.BadParameter(f"{','.join(bad) or 'nothing'}; valid: {', '.join(MAP_KINDS)}", param_hint="--kinds")
+    dist = dist_info()
     class_set = get_class_set(kw["class_spec"])
     labels = load_labels(kw["labels"], class_set) if kw["labels"] or class_set.name == "voc" else None
     options = FuseOptions(
@@ -88,6 +95,13 @@ def fuse(**kw) -> None:
         [kw[f"cams_{x}"] for x in letters], kw["out"], class_set, labels, options,
         ids=read_id_list(kw["ids"]) if kw["ids"] else None, images=kw["images"], workers=kw["workers"],
         compression=kw["compression"], command=command_line(), overwrite=kw["overwrite"], progress=kw["progress"],
+        dist=dist,
     )
-    echo_lines(report.lines())
-    click.echo(f"wrote {kw['out']} (kinds: {', '.join(kinds)})")
+    if not dist.enabled:
+        echo_lines(report.lines())
+        click.echo(f"wrote {kw['out']} (kinds: {', '.join(kinds)})")
+        return
+    where = f"rank {dist.rank} of {dist.world_size}"
+    echo_lines([f"{where}: {line}" for line in report.lines()])
+    click.echo(f"{where}: wrote {shard_path(kw['out'], dist.rank, dist.world_size)} (kinds: {', '.join(kinds)}); "
+               f"when every rank is done: orand-addon merge --from-shards {kw['out']}")

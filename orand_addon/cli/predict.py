@@ -33,11 +33,23 @@ def predict(store_path: str, checkpoint: str, ids: str | None, **kw) -> None:
       orand-addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt
       orand-addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt --batch-size 32 --device cuda:1
       orand-addon export --store fused.h5 --kind orandnet --to irn --out orandnet_cams/
+
+    \b
+    Several GPUs or machines (torchrun; each rank writes its shard fused.rankR-of-N.h5, then merge):
+      torchrun --nproc-per-node 4 -m orand_addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt
+      orand-addon merge --from-shards fused.h5
     """
     from ..classes import read_id_list
+    from ..distributed import dist_info, shard_path
     from ..orandnet.predict import PredictConfig, predict_orandnet
 
+    dist = dist_info()
     config = PredictConfig(ids=tuple(read_id_list(ids)) if ids else None, **kw)
     n = predict_orandnet(store_path, checkpoint, config, command=command_line(),
-                         echo=lambda line: click.echo(line, err=True))
-    click.echo(f"wrote {n} images to {store_path}:orandnet")
+                         echo=lambda line: click.echo(line, err=True), dist=dist)
+    if not dist.enabled:
+        click.echo(f"wrote {n} images to {store_path}:orandnet")
+        return
+    click.echo(f"rank {dist.rank} of {dist.world_size}: wrote {n} images to "
+               f"{shard_path(store_path, dist.rank, dist.world_size)}:orandnet; when every rank is done: "
+               f"orand-addon merge --from-shards {store_path}")

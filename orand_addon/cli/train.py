@@ -15,7 +15,11 @@ ARCH_NAMES = ["fcn8s", "fcn8s-same"]  # orand_addon.orandnet.model.ARCHS
               help="HDF5 store with kinds or and and (from 'orand-addon fuse'). Only read.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Run folder: last.pt (checkpoint) and train_log.json (settings and losses).")
-@click.option("--iterations", type=int, default=5000, show_default=True, help="SGD steps, one image each.")
+@click.option("--iterations", type=int, default=5000, show_default=True,
+              help="SGD steps, each on ranks x --accumulate images (one image with one process).")
+@click.option("--accumulate", type=int, default=1, show_default=True,
+              help="Images per process per step, gradients averaged (one process with --accumulate N takes the "
+                   "steps of torchrun --nproc-per-node N).")
 @click.option("--pretrained", default="imagenet", show_default=True,
               help="imagenet (torchvision's vgg16-397923af.pth from $TORCH_HOME/hub/checkpoints, offline), a "
                    "weights file (VGG16 or ORANDNet), or none.")
@@ -56,10 +60,16 @@ def train(store_path: str, out_dir: str, ids: str | None, resume: bool, **kw) ->
       orand-addon train --store fused.h5 --out runs/bg --loss bg-softmax --iterations 2000
       orand-addon train --store fused.h5 --out runs/official --momentum 1e-4 --weight-decay 0   # official optimizer
       orand-addon train --store fused.h5 --out runs/scratch --pretrained none --device cpu
+
+    \b
+    Several GPUs or machines (DDP; global batch = processes x --accumulate images; rank 0 writes RUN_DIR):
+      torchrun --nproc-per-node 4 -m orand_addon train --store fused.h5 --out runs/ddp --iterations 1250
     """
     from ..classes import read_id_list
+    from ..distributed import dist_info
     from ..orandnet.train import TrainConfig, train_orandnet
 
     config = TrainConfig(ids=tuple(read_id_list(ids)) if ids else None, **kw)
     ckpt = train_orandnet(store_path, out_dir, config, resume=resume, echo=lambda line: click.echo(line, err=True))
-    click.echo(f"wrote {ckpt}")
+    if dist_info().is_main:
+        click.echo(f"wrote {ckpt}")

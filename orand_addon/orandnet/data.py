@@ -1,6 +1,11 @@
 """Training data of ORANDNet from the HDF5 store: per image, the OR maps of its classes (input) and AND maps
 (target), one image per step at full resolution, in a seeded order that a resumed run continues exactly.
 
+Under torchrun every rank walks the same seeded sequence of samples: a global step takes ``world_size x per_step``
+consecutive samples, rank ``r`` the ``r``-th run of ``per_step`` of them (:func:`flat_sample`), so DDP over ``w``
+ranks sees exactly the images of one process accumulating ``w x per_step`` per step; :func:`sample_seed` makes the
+dropout masks a function of the sample, not of the process.
+
 The store is only read here. :class:`OrAndMaps` opens it lazily in whichever process reads (each DataLoader
 worker opens its own read-only handle), so nothing is shared across ``fork``.
 """
@@ -11,7 +16,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +26,7 @@ from ..errors import StoreError
 from ..store import Store
 
 INPUT_KIND, TARGET_KIND = "or", "and"
+T = TypeVar("T")
 
 
 @dataclass
@@ -80,36 +86,82 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def sample_index(step: int, n: int, seed: int, rank: int = 0, world_size: int = 1) -> int:
-    """Index of the image that ``rank`` trains on at ``step``: every process walks the same seeded epochs, each
-    taking every ``world_size``-th sample, so the order is a pure function of the step (exact resume).
+def flat_sample(step: int, rank: int = 0, world_size: int = 1, per_step: int = 1, j: int = 0) -> int:
+    """Position in the seeded sample sequence of the ``j``-th image of ``rank`` at ``step``.
+
+    >>> [flat_sample(3, rank, 2, 2, j) for rank in range(2) for j in range(2)]  # = one process, per_step 4
+    [12, 13, 14, 15]
+    >>> [flat_sample(3, 0, 1, 4, j) for j in range(4)]
+    [12, 13, 14, 15]
+    """
+    return (step * world_size + rank) * per_step + j
+
+
+def sample_numbers(step: int, rank: int = 0, world_size: int = 1, per_step: int = 1) -> list[int]:
+    """The :func:`flat_sample` positions ``rank`` trains on at ``step``.
+
+    >>> sample_numbers(5, 1, 2)
+    [11]
+    """
+    return [flat_sample(step, rank, world_size, per_step, j) for j in range(per_step)]
+
+
+def sample_seed(seed: int, sample: int) -> int:
+    """Seed of the random draws (dropout) of one sample: a function of the run's seed and the sample's position,
+    so DDP ranks and one process accumulating the same global batch draw the same masks.
+
+    >>> sample_seed(0, 5) == sample_seed(0, 5) != sample_seed(0, 6)
+    True
+    """
+    return int(np.random.SeedSequence([seed, sample]).generate_state(1)[0])
+
+
+def sample_index(step: int, n: int, seed: int, rank: int = 0, world_size: int = 1, per_step: int = 1,
+                 j: int = 0) -> int:
+    """Index of the image that ``rank`` trains on at ``step``: every process walks the same seeded epochs and
+    takes its positions (:func:`flat_sample`), so the order is a pure function of the step (exact resume).
 
     >>> [sample_index(s, 3, seed=7) for s in range(6)] == (
     ...     epoch_permutation(3, 7, 0).tolist() + epoch_permutation(3, 7, 1).tolist())
     True
     """
-    flat = step * world_size + rank
+    flat = flat_sample(step, rank, world_size, per_step, j)
     return int(epoch_permutation(n, seed, flat // n)[flat % n])
 
 
 class IterationSampler(Sampler[int]):
-    """Yields :func:`sample_index` for steps ``start .. stop-1`` (one image per step)."""
+    """Yields :func:`sample_index` for steps ``start .. stop-1``, ``per_step`` images per step."""
 
-    def __init__(self, n: int, seed: int, start: int, stop: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, seed: int, start: int, stop: int, rank: int = 0, world_size: int = 1,
+                 per_step: int = 1):
         self.n, self.seed, self.start, self.stop = n, seed, start, stop
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.per_step = rank, world_size, per_step
 
     def __iter__(self) -> Iterator[int]:
         epoch, perm = -1, np.zeros(0, np.int64)
         for step in range(self.start, self.stop):
-            flat = step * self.world_size + self.rank
-            if flat // self.n != epoch:
-                epoch = flat // self.n
-                perm = epoch_permutation(self.n, self.seed, epoch)
-            yield int(perm[flat % self.n])
+            for flat in sample_numbers(step, self.rank, self.world_size, self.per_step):
+                if flat // self.n != epoch:
+                    epoch = flat // self.n
+                    perm = epoch_permutation(self.n, self.seed, epoch)
+                yield int(perm[flat % self.n])
 
     def __len__(self) -> int:
-        return max(0, self.stop - self.start)
+        return max(0, self.stop - self.start) * self.per_step
+
+
+def group_steps(items: Iterable[T], per_step: int) -> Iterator[list[T]]:
+    """Consecutive groups of ``per_step`` items (one training step each); an incomplete tail is dropped.
+
+    >>> list(group_steps(range(5), 2))
+    [[0, 1], [2, 3]]
+    """
+    group: list[T] = []
+    for item in items:
+        group.append(item)
+        if len(group) == per_step:
+            yield group
+            group = []
 
 
 class OrAndMaps(Dataset):

@@ -6,6 +6,14 @@ be added around them: :func:`build_training_model`, :func:`make_optimizer`, the 
 :class:`~.data.IterationSampler` (takes ``rank``/``world_size``), :func:`train_step` and
 :func:`save_training_state` / :func:`restore_training_state`.
 
+Under ``torchrun --nproc-per-node N`` the same command trains with DistributedDataParallel (gloo on CPU, nccl on
+CUDA, rank r on ``cuda:LOCAL_RANK``): one iteration is one optimizer step over a global batch of
+``world_size x accumulate`` images (each rank its own ``accumulate`` images of the seeded order, gradients averaged
+over all of them), and ``--iterations``, the poly schedule and ``--checkpoint-every`` count these steps. One
+process with ``--accumulate N`` takes the same steps (same images, same dropout masks) within float tolerance, and
+can resume a checkpoint of an N-rank run. Rank 0 alone logs, shows progress and writes checkpoints; the other
+ranks wait at a barrier meanwhile.
+
 Optimizer facts (official ``module/optimizer.py``): one parameter group (no 10x rule for the head), lr 1e-3, poly
 power 0.9 over 5,000 steps. Its ``PolyOptimizer`` passes ``weight_decay`` positionally into ``SGD``'s ``momentum``
 slot, so the official run used momentum = 1e-4 (AMN+MCTformer script; 0 in the ResNet+ViT one) and no weight
@@ -28,9 +36,10 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from ..distributed import DistInfo, barrier, main_only, process_group, sum_across_ranks, wrap_ddp
 from ..errors import OrandError
-from ..runtime import Interrupted, atomic_save, autocast, poly_lr, progress, resolve_device, seed_everything
-from .data import IterationSampler, OrAndMaps, make_loader, training_set
+from ..runtime import Interrupted, atomic_save, autocast, poly_lr, progress, seed_everything
+from .data import IterationSampler, OrAndMaps, group_steps, make_loader, sample_numbers, sample_seed, training_set
 from .losses import DEFAULT_LOSS, LossFn, get_loss
 from .model import ARCHS, CHECKPOINT_FORMAT, FCN8s, build_model, check_full_state, get_geometry, read_checkpoint
 
@@ -59,6 +68,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     workers: int = 1
+    accumulate: int = 1
     ids: tuple[str, ...] | None = None
     progress: bool = True
 
@@ -72,6 +82,8 @@ class TrainConfig:
         """
         if self.iterations < 1:
             raise OrandError(f"--iterations must be at least 1, got {self.iterations}")
+        if self.accumulate < 1:
+            raise OrandError(f"--accumulate must be at least 1, got {self.accumulate}")
         if self.checkpoint_every < 1:
             raise OrandError(f"--checkpoint-every must be at least 1, got {self.checkpoint_every}")
         if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0:
@@ -109,25 +121,36 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.S
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               batch: dict, loss_fn: LossFn, lr: float, device: torch.device, precision: str) -> float:
-    """One SGD step on one image (its K class maps as a batch); returns the loss."""
+               batch: dict | Sequence[dict], loss_fn: LossFn, lr: float, device: torch.device, precision: str,
+               seeds: Sequence[int] | None = None) -> float:
+    """One SGD step on one image (its K class maps as a batch) or on several (gradient accumulation: the
+    gradient of their mean loss); returns that mean loss. ``seeds``: one per image, set before its forward pass
+    (dropout). ``model`` may be DDP-wrapped: it then averages the gradient over the ranks at the last image."""
+    items = [batch] if isinstance(batch, dict) else list(batch)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    inputs = batch["input"].to(device, non_blocking=True)[:, None]
-    targets = batch["target"].to(device, non_blocking=True)
     optimizer.zero_grad(set_to_none=True)
-    with autocast(device, precision):
-        scores = model(inputs)[:, 0]
-    loss = loss_fn(scores, targets)
-    scaler.scale(loss).backward()
+    total = 0.0
+    for j, item in enumerate(items):
+        if seeds is not None:
+            torch.manual_seed(seeds[j])
+        inputs = item["input"].to(device, non_blocking=True)[:, None]
+        targets = item["target"].to(device, non_blocking=True)
+        sync = j == len(items) - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast(device, precision):
+                scores = model(inputs)[:, 0]
+            loss = loss_fn(scores, targets)
+            scaler.scale(loss / len(items) if len(items) > 1 else loss).backward()
+        total += float(loss.detach())
     scaler.step(optimizer)
     scaler.update()
-    return float(loss.detach())
+    return total / len(items)
 
 
 def save_training_state(path: Path, model: FCN8s, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                         iteration: int, config: TrainConfig, ids: Sequence[str], history: list[float],
-                        store_path: str | Path) -> Path:
+                        store_path: str | Path, global_batch: int = 1) -> Path:
     """Checkpoint everything a resumed run needs (loadable with ``weights_only=True``), written atomically."""
     from .. import __version__
 
@@ -139,6 +162,7 @@ def save_training_state(path: Path, model: FCN8s, optimizer: torch.optim.Optimiz
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else {},
         "iteration": iteration,
+        "global_batch": global_batch,
         "train_config": {k: v for k, v in asdict(config).items() if k != "ids"},
         "ids": list(ids),
         "store": str(Path(store_path).resolve()),
@@ -150,7 +174,7 @@ def save_training_state(path: Path, model: FCN8s, optimizer: torch.optim.Optimiz
     return atomic_save(state, path)
 
 
-def check_resumable(ckpt: dict, config: TrainConfig, ids: Sequence[str], where: Path) -> None:
+def check_resumable(ckpt: dict, config: TrainConfig, ids: Sequence[str], where: Path, global_batch: int = 1) -> None:
     """A resumed run must use the settings and images of the checkpoint (else it would not continue it)."""
     saved = ckpt.get("train_config")
     if not isinstance(saved, dict) or "iteration" not in ckpt:
@@ -160,6 +184,10 @@ def check_resumable(ckpt: dict, config: TrainConfig, ids: Sequence[str], where: 
     if diff:
         raise OrandError(f"{where}: was trained with other settings ({'; '.join(diff)}); resume with the same "
                          f"options or start a new --out")
+    saved_batch = int(ckpt.get("global_batch", 1))
+    if saved_batch != global_batch:
+        raise OrandError(f"{where}: was trained with {saved_batch} images per step, this run takes {global_batch} "
+                         f"(ranks x --accumulate); resume with the same global batch")
     if list(ckpt.get("ids", [])) != list(ids):
         raise OrandError(f"{where}: was trained on other images ({len(ckpt.get('ids', []))} ids, now {len(ids)}); "
                          f"resume with the same --store and --ids")
@@ -204,14 +232,18 @@ def cudnn_mode(deterministic: bool, benchmark: bool) -> Iterator[None]:
 
 class StopRequest:
     """Ctrl-C (SIGINT) sets :attr:`requested` so the current step finishes and a checkpoint is saved; a second
-    Ctrl-C interrupts at once. Outside the main thread, Ctrl-C stays a plain ``KeyboardInterrupt``."""
+    Ctrl-C interrupts at once. Outside the main thread, Ctrl-C stays a plain ``KeyboardInterrupt``.
 
-    def __init__(self) -> None:
+    ``repeat_interrupts=False`` (under torchrun, which forwards the terminal's Ctrl-C a second time) ignores
+    further Ctrl-C: every rank finishes the step, rank 0 saves, all stop together."""
+
+    def __init__(self, repeat_interrupts: bool = True) -> None:
         self.requested = False
+        self.repeat_interrupts = repeat_interrupts
         self._previous = None
 
     def _handler(self, signum: int, frame: object) -> None:
-        if self.requested:
+        if self.requested and self.repeat_interrupts:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -254,18 +286,24 @@ def train_orandnet(store_path: str | Path, out_dir: str | Path, config: TrainCon
     """Train ORANDNet on ``store_path`` (kinds ``or`` and ``and``); returns the checkpoint ``out_dir/last.pt``.
 
     Checkpoints every ``config.checkpoint_every`` steps, at the end and on Ctrl-C (then raises
-    :class:`~orand_addon.runtime.Interrupted`); ``resume=True`` continues ``out_dir/last.pt`` exactly.
+    :class:`~orand_addon.runtime.Interrupted`); ``resume=True`` continues ``out_dir/last.pt`` exactly. Launched
+    by torchrun, every rank calls this and they train one model with DDP (see the module docstring).
     """
     config.check()
-    out_dir = Path(out_dir)
+    with process_group(config.device) as (info, device):
+        return _train(store_path, Path(out_dir), config, resume, main_only(echo, info), info, device)
+
+
+def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: bool, echo: Callable[[str], None],
+           info: DistInfo, device: torch.device) -> Path:
     ckpt_path = prepare_out_dir(out_dir, resume)
     data = training_set(store_path, config.ids)
-    device = resolve_device(config.device)
     precision = resolve_precision(device, config.precision)
+    global_batch = info.world_size * config.accumulate
     saved = None
     if resume:
         saved = read_checkpoint(ckpt_path)
-        check_resumable(saved, config, data.ids, ckpt_path)
+        check_resumable(saved, config, data.ids, ckpt_path, global_batch)
     seed_everything(config.seed)
     model = build_training_model(config, resuming=resume).to(device).train()
     notes = data.notes()
@@ -281,34 +319,43 @@ def train_orandnet(store_path: str | Path, out_dir: str | Path, config: TrainCon
             echo(f"{ckpt_path} is already complete ({start} of {config.iterations} iterations)")
             return ckpt_path
         echo(f"resuming {ckpt_path} at iteration {start} of {config.iterations}")
+    net = wrap_ddp(model, device)
     loss_fn = get_loss(config.loss)
     dataset = OrAndMaps(store_path, data.ids)
-    sampler = IterationSampler(len(data.ids), config.seed, start, config.iterations)
+    sampler = IterationSampler(len(data.ids), config.seed, start, config.iterations, info.rank, info.world_size,
+                               config.accumulate)
     loader = make_loader(dataset, sampler, config.workers, pin_memory=device.type == "cuda")
 
     saved_at = {"iteration": start if resume else None}
 
     def checkpoint(done: int) -> None:
-        save_training_state(ckpt_path, model, optimizer, scaler, done, config, data.ids, history, store_path)
-        write_log(out_dir, config, done, history, notes)
+        if info.is_main:
+            save_training_state(ckpt_path, model, optimizer, scaler, done, config, data.ids, history, store_path,
+                                global_batch)
+            write_log(out_dir, config, done, history, notes)
         saved_at["iteration"] = done
+        barrier()
 
     done = start
     recent: deque[float] = deque(maxlen=50)
-    bar = progress(desc="train", total=config.iterations, initial=start, enabled=config.progress, unit="it")
+    bar = progress(desc="train", total=config.iterations, initial=start, enabled=config.progress and info.is_main,
+                   unit="it")
     try:
-        with StopRequest() as stop, cudnn_mode(deterministic=True, benchmark=False):
-            for step, batch in zip(range(start, config.iterations), loader):
+        with StopRequest(repeat_interrupts=not info.enabled) as stop, cudnn_mode(deterministic=True, benchmark=False):
+            for step, batch in zip(range(start, config.iterations), group_steps(loader, config.accumulate)):
                 lr = poly_lr(config.lr, step, config.iterations, config.power)
-                loss = train_step(model, optimizer, scaler, batch, loss_fn, lr, device, precision)
+                seeds = [sample_seed(config.seed, n)
+                         for n in sample_numbers(step, info.rank, info.world_size, config.accumulate)]
+                loss = train_step(net, optimizer, scaler, batch, loss_fn, lr, device, precision, seeds=seeds)
+                loss, stopping = agree(loss, stop.requested, info, device)
                 history.append(loss)
                 recent.append(loss)
                 done = step + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}", refresh=False)
-                if done % config.checkpoint_every == 0 or done == config.iterations or stop.requested:
+                if done % config.checkpoint_every == 0 or done == config.iterations or stopping:
                     checkpoint(done)
-                if stop.requested and done < config.iterations:
+                if stopping and done < config.iterations:
                     raise Interrupted(f"interrupted at iteration {done} of {config.iterations}; saved {ckpt_path}; "
                                       f"continue with the same command and --resume")
     except KeyboardInterrupt:
@@ -320,6 +367,19 @@ def train_orandnet(store_path: str | Path, out_dir: str | Path, config: TrainCon
         bar.close()
         dataset.close()
     return ckpt_path
+
+
+def agree(loss: float, stop: bool, info: DistInfo, device: torch.device) -> tuple[float, bool]:
+    """The mean loss over the ranks (what one process on the global batch reports) and whether any rank was asked
+    to stop (so all stop after the same step).
+
+    >>> agree(0.5, False, DistInfo(), torch.device("cpu"))
+    (0.5, False)
+    """
+    if not info.enabled:
+        return loss, stop
+    loss_sum, stops = sum_across_ranks([loss, float(stop)], device)
+    return loss_sum / info.world_size, stops > 0
 
 
 __all__ = ["TrainConfig", "train_orandnet", "train_step", "make_optimizer", "build_training_model", "ARCHS"]
