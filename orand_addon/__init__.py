@@ -36,6 +36,9 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": "orand_addon.orandnet.train",
     "predict_orandnet": "orand_addon.orandnet.predict",
     "PredictConfig": "orand_addon.orandnet.predict",
+    "train_segmentation": "orand_addon.seg.train",
+    "SegTrainConfig": "orand_addon.seg.train",
+    "segment_images": "orand_addon.seg.infer",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

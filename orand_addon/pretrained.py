@@ -16,6 +16,8 @@ from .runtime import load_checkpoint
 # torchvision weight files (basename of the official URL) per architecture, preferred first.
 TORCHVISION_FILES: dict[str, tuple[str, ...]] = {
     "vgg16": ("vgg16-397923af.pth",),
+    "resnet18": ("resnet18-f37072fd.pth",),
+    "resnet34": ("resnet34-b627a593.pth",),
     "resnet50": ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth", "resnet50-19c8e357.pth"),
     "resnet101": ("resnet101-63fe2227.pth", "resnet101-cd907fc2.pth", "resnet101-5d3b4d8f.pth"),
 }
@@ -39,7 +41,7 @@ def _unwrap(state: object, path: Path) -> dict:
 
 
 def load_pretrained_state(arch: str, spec: str) -> dict | None:
-    """State dict for ``arch`` (``vgg16``, ``resnet50``, ``resnet101``) per ``spec``: imagenet, PATH, or none."""
+    """State dict for ``arch`` (a key of :data:`TORCHVISION_FILES`) per ``spec``: imagenet, PATH, or none."""
     if arch not in TORCHVISION_FILES:
         raise OrandError(f"no pretrained weights known for {arch!r}; valid: {', '.join(TORCHVISION_FILES)}")
     if spec in ("none", "", None):

@@ -8,6 +8,7 @@ Layout (readable with plain h5py)::
                            kinds: a, b, c... (source copies), or, and, mean, orandnet, rw
     /masks/<image_id>      uint8 (H, W), 0 background, 1..C classes, 255 void
     /seeds/<image_id>      uint8 (H, W), IRN seeds: 0 confident background, 1..C classes, 255 unsure
+    /seg/<image_id>        uint8 (H, W), masks written by ``segment`` (0 background, 1..C classes)
 
 Maps are stored uncompressed by default (writing must not slow the pipeline down; see benchmarks/bench_fuse.py),
 ``compression="lzf"`` or ``"gzip"`` trade speed for size; masks are always gzip level 1.
@@ -40,7 +41,7 @@ from .classes import VOC_CLASSES
 from .errors import StoreError
 
 LAYOUT_VERSION = 1
-MASK_GROUPS = ("masks", "seeds")
+MASK_GROUPS = ("masks", "seeds", "seg")
 TMP_PREFIX = ".tmp_"
 COMPRESSIONS = ("none", "lzf", "gzip")
 # Masks compress 10-50x and are small: always gzip (readable by every HDF5 tool), cheap at level 1.

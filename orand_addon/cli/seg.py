@@ -1,4 +1,150 @@
-from ._pending import pending_command
+"""``orand-addon train-seg`` and ``orand-addon segment``: DeepLab on the pseudo-masks, then masks for new images."""
 
-train_seg = pending_command("train-seg", "the segmentation stage")
-segment = pending_command("segment", "the segmentation stage")
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import click
+
+from .common import command_line, device_option, echo_lines, progress_option, seed_option, workers_option
+
+# Kept in sync with orand_addon.seg.models.MODELS and seg.losses.LOSSES (a test checks it); listed here so that
+# --help does not import torch.
+MODEL_NAMES = ("deeplabv2-resnet101", "deeplabv2-resnet50", "deeplabv2-resnet34", "deeplabv2-resnet18",
+               "deeplabv2-resnet18-os16", "deeplabv3-resnet101", "deeplabv3-resnet50")
+LOSS_NAMES = ("ce", "balanced-ls-ce")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def parse_floats(text: str, option: str, count: int | None = None) -> tuple[float, ...]:
+    """``"0.5,1.0"`` -> ``(0.5, 1.0)``; a usage error naming ``option`` otherwise.
+
+    >>> parse_floats("0.5, 1.5", "--scale-range", 2)
+    (0.5, 1.5)
+    """
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option) from None
+    if not values or (count is not None and len(values) != count) or any(v <= 0 for v in values):
+        want = f"{count} positive numbers" if count else "positive numbers"
+        raise click.BadParameter(f"{text!r}: expected {want}, comma-separated", param_hint=option)
+    return values
+
+
+def _precision_option(f):
+    return click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+                        help="auto: bf16 autocast on a GPU, fp32 on the CPU.")(f)
+
+
+@click.command(name="train-seg", context_settings={"max_content_width": 110})
+@click.option("--images", type=click.Path(file_okay=False), required=True, help="Image folder (<id>.jpg/.png).")
+@click.option("--masks", required=True,
+              help="Pseudo-masks: STORE.h5 (group masks), STORE.h5:GROUP, or a folder of label PNGs (<id>.png).")
+@click.option("--train-list", required=True,
+              help="Training ids: a list file, or train/train_aug for the bundled lists.")
+@click.option("--val-list", default=None, help="Validation ids for a per-epoch mIoU (needs --gt).")
+@click.option("--gt", type=click.Path(file_okay=False), default=None, help="Ground-truth label PNGs for --val-list.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (checkpoints, logs).")
+@click.option("--model", default="deeplabv2-resnet101", show_default=True, help=f"One of: {', '.join(MODEL_NAMES)}.")
+@click.option("--scale-schedule", default="8:2,4:2,2:2", show_default=True,
+              help="factor:epochs phases in order, then full size (8:2,4:2,2:2 = epochs 1-2 at 1/8, 3-4 at 1/4, "
+                   "5-6 at 1/2); factor@end spells end epochs (8@2,4@4,2@6 is the same); none: off.")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=10, show_default=True)
+@click.option("--crop-size", type=int, default=321, show_default=True)
+@click.option("--scale-range", default="0.5,1.5", show_default=True, help="Random rescaling range LOW,HIGH.")
+@click.option("--lr", type=float, default=2.5e-4, show_default=True, help="Backbone learning rate (head: x10).")
+@click.option("--head-lr-mult", type=float, default=10.0, show_default=True, help="Head learning rate / --lr.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True,
+              help="sgd: the DeepLab recipe; adamw: learns faster from scratch (small CPU runs, e.g. --lr 1e-3).")
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--power", type=float, default=0.9, show_default=True, help="Poly learning-rate decay power.")
+@click.option("--loss", default="ce", show_default=True,
+              help=f"One of: {', '.join(LOSS_NAMES)} (label-smoothed class-balanced CE).")
+@click.option("--smoothing", type=float, default=0.1, show_default=True, help="Label smoothing of balanced-ls-ce.")
+@click.option("--pretrained", default="imagenet", show_default=True,
+              help="Backbone weights: imagenet (offline torch hub cache), a file, or none (from scratch).")
+@click.option("--bn", type=click.Choice(["auto", "frozen", "train"]), default="auto", show_default=True,
+              help="Backbone batch norm; auto: frozen with pretrained weights, trained from scratch.")
+@click.option("--classes", "class_spec", default=None,
+              help="Class set for PNG masks: voc (default), coco, or a names file. A store brings its own.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
+@device_option
+@_precision_option
+@workers_option
+@seed_option
+@progress_option
+def train_seg(**kw) -> None:
+    """Train DeepLab on images + pseudo-masks with scale scheduling.
+
+    \b
+    Examples:
+      orand-addon train-seg --images VOC2012/JPEGImages --masks fused.h5 --train-list train_aug \\
+          --val-list val --gt VOC2012/SegmentationClassAug --out runs/deeplab
+      orand-addon train-seg ... --out runs/deeplab --resume            # after Ctrl-C
+      orand-addon train-seg ... --scale-schedule 8@2,4@4,2@6           # the same schedule, end epochs
+      orand-addon train-seg ... --scale-schedule none --model deeplabv3-resnet101
+
+    Every input is checked before training starts. Ctrl-C saves RUN_DIR/last.pt; --resume continues exactly.
+    """
+    from ..seg.train import SegTrainConfig, train_segmentation
+
+    names = {f.name for f in dataclasses.fields(SegTrainConfig)}
+    config = SegTrainConfig(**{k: v for k, v in kw.items() if k in names and k != "scale_range"},
+                            classes=kw["class_spec"], show_progress=kw["progress"],
+                            scale_range=parse_floats(kw["scale_range"], "--scale-range", 2))
+    path = train_segmentation(config)
+    click.echo(f"wrote {path}")
+
+
+@click.command(name="segment", context_settings={"max_content_width": 110})
+@click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="RUN_DIR/model.pt (or last.pt).")
+@click.option("--images", type=click.Path(file_okay=False), required=True, help="Image folder (<id>.jpg/.png).")
+@click.option("--ids", required=True, help="Ids to segment: a list file, or val/test/train for the bundled lists.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for VOC palette PNG masks.")
+@click.option("--store", default=None, help="Also (or instead) write masks to STORE.h5 group seg (STORE.h5:GROUP).")
+@click.option("--scales", default="0.5,0.75,1.0,1.25,1.5", show_default=True, help="Inference scales (averaged).")
+@click.option("--flip/--no-flip", default=True, show_default=True, help="Also average horizontally flipped input.")
+@click.option("--crf/--no-crf", default=False, show_default=True, help="Refine with a dense CRF (pydensecrf).")
+@click.option("--gt", type=click.Path(file_okay=False), default=None, help="Ground-truth label PNGs: report mIoU.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the scores as JSON.")
+@click.option("--overwrite", is_flag=True, help="Recompute masks already written (other parameters too).")
+@device_option
+@_precision_option
+@progress_option
+def segment(**kw) -> None:
+    """Segment images with a trained DeepLab: multi-scale + flip, optional CRF; score against --gt.
+
+    \b
+    Examples:
+      orand-addon segment --checkpoint runs/deeplab/model.pt --images VOC2012/JPEGImages --ids val \\
+          --out runs/deeplab/val --gt VOC2012/SegmentationClassAug
+      orand-addon segment --checkpoint runs/deeplab/model.pt --images VOC2012/JPEGImages --ids test \\
+          --out runs/deeplab/test --crf --scales 1.0
+
+    Masks already written are kept (an interrupted run resumes) and still scored.
+    """
+    from ..classes import read_id_list
+    from ..seg.infer import segment_images
+
+    store, group = kw["store"], "seg"
+    if store and ":" in store.rsplit("/", 1)[-1]:
+        store, group = store.rsplit(":", 1)
+    result = segment_images(
+        kw["checkpoint"], kw["images"], read_id_list(kw["ids"]), out=kw["out"], store=store, group=group,
+        scales=parse_floats(kw["scales"], "--scales"), flip=kw["flip"], crf=kw["crf"], gt=kw["gt"],
+        device=kw["device"], precision=kw["precision"], overwrite=kw["overwrite"], show_progress=kw["progress"],
+        command=command_line(),
+    )
+    lines = [f"segmented {result['written']} images ({result['skipped']} already done)"
+             + "".join(f" -> {result[k]}" for k in ("out", "store") if result[k])]
+    if "miou" in result:
+        lines.append(f"mIoU {100 * result['miou']:.2f}")
+        lines += [f"  {name:<14} {'-' if v is None else f'{100 * v:.2f}'}" for name, v in result["iou"].items()]
+    echo_lines(lines)
+    if kw["json_path"]:
+        with open(kw["json_path"], "w") as fh:
+            json.dump(result, fh, indent=1)

@@ -1,0 +1,31 @@
+"""Segmentation stage: DeepLab on the pseudo-masks with scale scheduling (DESIGN §7, docs/segmentation.md).
+
+The Python API, imported lazily (``orand_addon.seg.schedule`` needs no torch)::
+
+    from orand_addon.seg import SegTrainConfig, train_segmentation, segment_images
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "SegTrainConfig": "train",
+    "train_segmentation": "train",
+    "segment_images": "infer",
+    "load_segmenter": "infer",
+    "build_model": "models",
+    "MODELS": "models",
+    "LOSSES": "losses",
+    "parse_schedule": "schedule",
+    "factor_for_epoch": "schedule",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
