@@ -4,7 +4,7 @@ The engine is ``torch.distributed`` launched by ``torchrun``; nothing here sched
 no-op for one process (``WORLD_SIZE`` unset or 1), so a stage written with them runs unchanged with and without
 ``torchrun``.
 
-**Training stages** (ORANDNet ``train`` does exactly this; IRN training and ``train-seg`` plug in the same way)::
+**Training stages** (ORANDNet ``train`` and IRN training do exactly this; ``train-seg`` plugs in the same way)::
 
     from orand_addon import distributed as dist_
 
@@ -32,7 +32,7 @@ checkpoint records the global batch and a resume refuses another one. Ctrl-C: ``
 False)`` (torchrun forwards the terminal's Ctrl-C a second time) and ``sum_across_ranks([float(stop.requested)],
 device)`` every step, so all ranks stop after the same step (see :func:`orand_addon.orandnet.train._train`).
 
-**Per-image stages** (``fuse``, ``predict``; later seeds, walk, segment) need no process group at all: rank ``r``
+**Per-image stages** (``fuse``, ``predict``, ``refine``'s seeds and walk; later segment) need no process group at all: rank ``r``
 of ``w`` (from ``RANK``/``WORLD_SIZE``) writes its own shard store, and ``orand-addon merge --from-shards OUT``
 joins the shards (any group, ``masks``/``seeds`` included)::
 

@@ -16,7 +16,7 @@ from dense_rw_reference import line_points, pair_offsets  # noqa: E402
 from orand_addon.errors import OrandError  # noqa: E402
 from orand_addon.irn import train as train_module  # noqa: E402
 from orand_addon.irn.data import CropSpec, SeedCrops  # noqa: E402
-from orand_addon.irn.losses import edge_affinity, irn_losses, pair_displacement, pair_labels  # noqa: E402
+from orand_addon.irn.losses import edge_affinity, irn_losses, pair_counts, pair_displacement, pair_labels  # noqa: E402
 from orand_addon.irn.paths import path_table  # noqa: E402
 from orand_addon.irn.seed_step import make_seeds  # noqa: E402
 from orand_addon.irn.seeds import CrfParams, SeedOptions  # noqa: E402
@@ -76,6 +76,33 @@ def test_displacement_pairs_are_source_minus_destination():
     for m, (y, x) in enumerate(sources(9, 12, radius)):
         for d, (dy, dx) in enumerate(path_table(radius).directions.tolist()):
             torch.testing.assert_close(out[0, :, d, m], dp[0, :, y, x] - dp[0, :, y + dy, x + dx])
+
+
+def test_shares_of_a_split_batch_add_up_to_the_loss_and_gradient_of_the_whole_batch():
+    """What DDP needs: with the pair counts of the whole batch, the parts' losses sum to the whole batch's."""
+    rng = np.random.default_rng(2)
+    table = path_table(3)
+    labels = torch.from_numpy(np.concatenate([rng.choice([0, 0, 2, 5, 255], size=(2, 9, 11)),
+                                              rng.choice([0, 3, 255, 255, 255], size=(2, 9, 11))]))  # fewer pairs
+    edge = torch.tensor(rng.uniform(0.01, 0.99, (4, 1, 9, 11)), requires_grad=True)
+    dp = torch.tensor(rng.normal(size=(4, 2, 9, 11)), requires_grad=True)
+
+    def losses(part: slice, counts=None):
+        bg, fg, neg = pair_labels(labels[part], table)
+        return irn_losses(edge_affinity(edge[part], table), pair_displacement(dp[part], table), bg, fg, neg, table,
+                          counts=counts)
+
+    whole = losses(slice(None))
+    grads = torch.autograd.grad(whole["total"], [edge, dp])
+    counts = sum(pair_counts(*pair_labels(labels[p], table)) for p in (slice(0, 2), slice(2, 4)))
+    torch.testing.assert_close(counts, pair_counts(*pair_labels(labels, table)))
+    parts = [losses(p, counts) for p in (slice(0, 2), slice(2, 4))]
+    for key in whole:
+        torch.testing.assert_close(parts[0][key] + parts[1][key], whole[key])
+    for got, expected in zip(torch.autograd.grad(parts[0]["total"] + parts[1]["total"], [edge, dp]), grads):
+        torch.testing.assert_close(got, expected)
+    naive = (losses(slice(0, 2))["total"] + losses(slice(2, 4))["total"]) / 2  # a mean of per-part means
+    assert abs(float((naive - whole["total"]).detach())) > 1e-3  # 1e4 times the rounding above
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``orand-addon merge``: join the shard stores of a torchrun run of fuse/predict into one store."""
+"""``orand-addon merge``: join the shard stores of a torchrun run of fuse, predict or refine into one store."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .common import echo_lines, progress_option
 @progress_option
 def merge(shards: tuple[str, ...], out: str | None, from_shards: str | None, incomplete: str, shards_after: str,
           overwrite: bool, progress: bool) -> None:
-    """Merge the shards written by 'fuse' or 'predict' under torchrun into one store.
+    """Merge the shards written by 'fuse', 'predict' or 'refine' (seeds, walk) under torchrun into one store.
 
     Datasets and provenance are copied as they are, so the result equals the one-process run. Shards of different
     runs (other parameters or classes), an id held twice with different content and unfinished shards are refused.

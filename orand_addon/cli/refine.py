@@ -1,4 +1,6 @@
-"""``orand-addon refine``: IRN on stored maps — seeds + CRF, IRN training, random walk -> kind ``rw`` and masks."""
+"""``orand-addon refine``: IRN on stored maps — seeds + CRF, IRN training, random walk -> kind ``rw`` and masks.
+
+Under torchrun: DDP training, and per-rank shards for the seeds and the walk (see ``orand_addon.irn.refine``)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ def _train_opts(f):
         click.option("--backbone", type=click.Choice(["frozen", "trainable"]), default="frozen", show_default=True,
                      help="frozen: IRN's fixed ImageNet backbone; trainable: train it too (no ImageNet weights)."),
         click.option("--crop-size", type=click.IntRange(16, 4096), default=512, show_default=True),
-        click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True),
+        click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
+                     help="Crops per step: the global batch, split evenly over the processes under torchrun."),
         click.option("--epochs", type=click.IntRange(1, 1000), default=3, show_default=True),
         click.option("--max-steps", type=click.IntRange(1, None), default=None,
                      help="Stop after this many steps (the poly schedule spans them)."),
@@ -103,8 +106,17 @@ def refine(**kw) -> None:
 
     Every step resumes: a rerun of the same command skips the seeds and masks already written and continues
     the training from RUN_DIR/irn_last.pt.
+
+    \b
+    Several GPUs or machines (torchrun; see docs/distributed.md):
+      torchrun --nproc-per-node 4 -m orand_addon refine --store fused.h5 --images JPEGImages --steps seeds
+      orand-addon merge --from-shards fused.h5
+      torchrun --nproc-per-node 4 -m orand_addon refine --store fused.h5 --images JPEGImages --steps train,walk
+      orand-addon merge --from-shards fused.h5
+    Training is DDP (--batch-size stays the global batch); seeds and walk write one shard per rank.
     """
     from ..classes import read_id_list
+    from ..distributed import dist_info
     from ..irn.refine import refine as run_refine
     from ..irn.seeds import CrfParams, SeedOptions
     from ..irn.train import TrainOptions
@@ -122,5 +134,5 @@ def refine(**kw) -> None:
         ids=read_id_list(kw["ids"]) if kw["ids"] else None, seed_options=seed_options, train_options=train_options,
         walk_options=walk_options, checkpoint=kw["checkpoint"], workers=kw["workers"], device=kw["device"],
         precision=kw["precision"], resume=kw["resume"], checkpoint_every=kw["checkpoint_every"],
-        overwrite=kw["overwrite"], progress=kw["progress"], command=command_line())
+        overwrite=kw["overwrite"], progress=kw["progress"], command=command_line(), dist=dist_info())
     echo_lines(report.lines())

@@ -2,8 +2,9 @@
 
 Core (pure functions): :mod:`.paths` (pairs and paths), :mod:`.random_walk` (the sparse walk and the labels after
 it), :mod:`.seeds` (seed rule + CRF), :mod:`.losses`. Shells: :mod:`.seed_step`, :mod:`.train`,
-:mod:`.walk_step`, :mod:`.refine` (all steps). The names below are imported lazily (``torch`` only when needed); ``refine`` and ``random_walk``
-share their module's name, so import them from the module::
+:mod:`.walk_step`, :mod:`.refine` (all steps); under torchrun :mod:`.ddp` (DDP training equal to one process) and
+:mod:`.outputs` (per-rank shards of the seeds and the walk). The names below are imported lazily (``torch`` only
+when needed); ``refine`` and ``random_walk`` share their module's name, so import them from the module::
 
     from orand_addon.irn import make_seeds, train_irn, run_walk, TrainOptions, WalkOptions, SeedOptions
     from orand_addon.irn.refine import refine

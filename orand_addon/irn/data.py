@@ -122,16 +122,28 @@ class StepSampler(Sampler):
     """Batches of ``(epoch, index)`` keys for optimizer steps ``start .. total``: epoch ``e`` visits a
     permutation seeded by ``(seed, e)`` in batches of ``batch_size`` (the last partial batch is dropped, as IRN).
 
+    Under DDP, ``batch_size`` is the global batch and rank ``rank`` of ``world_size`` takes the ``rank``-th of
+    its ``world_size`` equal consecutive parts, so the ranks together see exactly the batches of one process.
+
     >>> batches = list(StepSampler(5, 2, 4, seed=0, start=1))    # 2 steps per epoch; step 0 already done
     >>> [[epoch for epoch, _ in b] for b in batches]
     [[0, 0], [1, 1], [1, 1]]
     >>> batches[0] == list(StepSampler(5, 2, 4, seed=0))[1]
     True
+    >>> whole = list(StepSampler(9, 4, 2, seed=0))
+    >>> parts = [list(StepSampler(9, 4, 2, seed=0, rank=r, world_size=2)) for r in range(2)]
+    >>> [a + b for a, b in zip(*parts)] == whole
+    True
     """
 
-    def __init__(self, n: int, batch_size: int, total_steps: int, seed: int = 0, start: int = 0):
+    def __init__(self, n: int, batch_size: int, total_steps: int, seed: int = 0, start: int = 0, rank: int = 0,
+                 world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} ranks")
         self.n, self.batch_size, self.total, self.seed, self.start = n, batch_size, total_steps, seed, start
         self.per_epoch = n // batch_size
+        self.per_rank = batch_size // world_size
+        self.offset = rank * self.per_rank
 
     def __len__(self) -> int:
         return max(0, self.total - self.start)
@@ -143,4 +155,5 @@ class StepSampler(Sampler):
             if epoch != order_epoch:
                 order = np.random.default_rng((self.seed, epoch)).permutation(self.n)
                 order_epoch = epoch
-            yield [(epoch, int(i)) for i in order[pos * self.batch_size:(pos + 1) * self.batch_size]]
+            first = pos * self.batch_size + self.offset
+            yield [(epoch, int(i)) for i in order[first:first + self.per_rank]]

@@ -26,6 +26,16 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_share() -> int:
+    """CPU cores of this process when torchrun starts several on this machine (``LOCAL_WORLD_SIZE``): an equal
+    share of :func:`cpu_count`, at least 1."""
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, cpu_count() // local)
+
+
 def select_ids(store: Store, group: str, wanted: Sequence[str] | None, what: str) -> list[str]:
     """Ids of ``group`` (all, or ``wanted`` which must all be there); error naming the first missing id."""
     present = store.ids(group)

@@ -11,6 +11,11 @@ Losses (each a mean over its pairs, ``+1e-5`` in the denominators as IRN):
 total ``(pos + neg)/2 + (dp_fg + dp_bg)/2``. ``aff`` is ``1 − max boundary on the path``; ``disp`` is the
 displacement at the source minus the one at the destination.
 
+The losses are means over the pairs of the *whole batch*, so a batch split over several processes (DDP) is not the
+mean of the per-process losses. Given the pair counts of the whole batch (:func:`pair_counts`, summed over the
+ranks), :func:`irn_losses` of one rank's part is that part's share of the whole batch's losses: the shares add up
+to the losses of one process on the whole batch, and so do their gradients.
+
 >>> import torch
 >>> from .paths import path_table
 >>> label = torch.zeros(1, 3, 4, dtype=torch.int64); label[0, :, 2:] = 5; label[0, 2, 0] = 255
@@ -62,9 +67,22 @@ def pair_displacement(dp: torch.Tensor, table: PathTable) -> torch.Tensor:
     return src - dst
 
 
+def pair_counts(bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """The numbers of bg-positive, fg-positive and negative pairs, float32 (3,).
+
+    >>> pair_counts(torch.ones(1, 2, 3), torch.zeros(1, 2, 3), torch.ones(2, 2, 3)).tolist()
+    [6.0, 0.0, 12.0]
+    """
+    return torch.stack([bg_pos.sum(), fg_pos.sum(), neg.sum()]).float()
+
+
 def irn_losses(aff: torch.Tensor, disp: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor,
-               neg: torch.Tensor, table: PathTable) -> dict[str, torch.Tensor]:
+               neg: torch.Tensor, table: PathTable, counts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """IRN's four losses and their total (all float32 scalars).
+
+    ``counts``: the pair counts of the whole batch when these pairs are only a part of it (:func:`pair_counts`
+    summed over the parts); the result is then this part's share of the whole batch's losses. Default: the
+    counts of these pairs (the batch is all here).
 
     >>> from .paths import path_table
     >>> t = path_table(2); ones = torch.ones(1, 4, 2)
@@ -74,12 +92,13 @@ def irn_losses(aff: torch.Tensor, disp: torch.Tensor, bg_pos: torch.Tensor, fg_p
     """
     aff, disp = aff.float(), disp.float()
     eps = 1e-5
-    bg_loss = torch.sum(-bg_pos * torch.log(aff + eps)) / (bg_pos.sum() + eps)
-    fg_loss = torch.sum(-fg_pos * torch.log(aff + eps)) / (fg_pos.sum() + eps)
+    n_bg, n_fg, n_neg = pair_counts(bg_pos, fg_pos, neg) if counts is None else counts.to(aff.device, torch.float32)
+    bg_loss = torch.sum(-bg_pos * torch.log(aff + eps)) / (n_bg + eps)
+    fg_loss = torch.sum(-fg_pos * torch.log(aff + eps)) / (n_fg + eps)
     pos = bg_loss / 2 + fg_loss / 2
-    neg_loss = torch.sum(-neg * torch.log(1.0 + eps - aff)) / (neg.sum() + eps)
+    neg_loss = torch.sum(-neg * torch.log(1.0 + eps - aff)) / (n_neg + eps)
     target = torch.as_tensor(table.directions, dtype=disp.dtype, device=disp.device).t()[None, :, :, None]
-    dp_fg = torch.sum((disp - target).abs() * fg_pos[:, None]) / (2 * fg_pos.sum() + eps)
-    dp_bg = torch.sum(disp.abs() * bg_pos[:, None]) / (2 * bg_pos.sum() + eps)
+    dp_fg = torch.sum((disp - target).abs() * fg_pos[:, None]) / (2 * n_fg + eps)
+    dp_bg = torch.sum(disp.abs() * bg_pos[:, None]) / (2 * n_bg + eps)
     total = (pos + neg_loss) / 2 + (dp_fg + dp_bg) / 2
     return {"pos": pos, "neg": neg_loss, "dp_fg": dp_fg, "dp_bg": dp_bg, "total": total}

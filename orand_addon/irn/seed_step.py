@@ -2,6 +2,8 @@
 
 Resumable at image granularity: ids already in ``/seeds`` are skipped. The maps are read in the main process
 (which alone holds the store open for writing); the worker processes load the image and run both CRF passes.
+Under torchrun each rank seeds its share of the ids into its own shard of the store (:mod:`.outputs`), with
+``cores / processes on this machine`` CRF workers by default; ``orand-addon merge`` joins the shards.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..distributed import DistInfo
 from ..errors import OrandError
 from ..io.images import image_size, load_image, load_label_png
 from ..runtime import Interrupted, progress as progress_bar
 from ..store import Store
-from .inputs import bounded_map, check_finite, check_images, cpu_count, select_ids
+from .inputs import bounded_map, check_finite, check_images, cpu_share, select_ids
+from .outputs import StepOutput
 from .seeds import SeedOptions, seed_from_labels, threshold_labels
 
 
@@ -62,36 +66,39 @@ def _tasks(store: Store, kind: str, ids: Sequence[str], images: str, options: Se
 
 def make_seeds(store_path: str | Path, kind: str, images: str | Path, ids: Sequence[str] | None = None,
                options: SeedOptions = SeedOptions(), workers: int | None = None, overwrite: bool = False,
-               progress: bool = True, command: str = "orand-addon refine --steps seeds") -> SeedReport:
+               progress: bool = True, command: str = "orand-addon refine --steps seeds",
+               dist: DistInfo = DistInfo()) -> SeedReport:
     """IRN seeds from the ``kind`` maps of the store into ``/seeds`` (uint8: 0, 1..C, 255); resumable.
 
-    ``workers``: CRF processes (default: every CPU core; 0 or 1 runs in this process).
+    ``workers``: CRF processes (default: every CPU core, shared by the ranks of a machine; 0 or 1 runs in this
+    process). ``dist``: this rank under torchrun; it writes its share into its shard (see :mod:`.outputs`).
     """
     report = SeedReport()
-    workers = cpu_count() if workers is None else workers
+    workers = cpu_share() if workers is None else workers
     parameters = {"source": "maps", "kind": kind, "fg_thres": options.fg_thres, "bg_thres": options.bg_thres,
                   "crf": asdict(options.crf)}
-    with Store(store_path, mode="a") as store:
-        todo_all = select_ids(store, kind, ids, "the maps to seed from")
-        check_images(images, todo_all, lambda i: store.map_shape(kind, i)[1:], f"/{kind} maps")  # before any write
-        store.begin(["seeds"], command, parameters, force=overwrite)
-        todo = [i for i in todo_all if not store.has("seeds", i)]
-        report.skipped_existing = len(todo_all) - len(todo)
+    with StepOutput(store_path, dist) as out:
+        mine = out.share(select_ids(out.source, kind, ids, "the maps to seed from"))
+        check_images(images, mine, lambda i: out.source.map_shape(kind, i)[1:], f"/{kind} maps")  # before any write
+        todo = out.begin(["seeds"], command, parameters, overwrite, mine)
+        report.skipped_existing = len(mine) - len(todo)
         executor = None
         if workers > 1 and len(todo) > 1:
             ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
             executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
-        bar = progress_bar(total=len(todo), desc="seeds", unit="img", enabled=progress)
+        bar = progress_bar(total=len(todo), desc="seeds", unit="img", enabled=progress and dist.is_main)
         try:
-            tasks = _tasks(store, kind, todo, str(images), options)
+            tasks = _tasks(out.source, kind, todo, str(images), options)
             for image_id, seed in bounded_map(executor, _seed_task, tasks, window=2 * max(workers, 1)):
                 if isinstance(seed, OrandError):
                     raise seed
-                _record(store, image_id, seed, report)
+                _record(out.sink, image_id, seed, report)
+                out.wrote()
                 bar.update(1)
+            out.finish()
         except KeyboardInterrupt:
-            raise Interrupted(f"seeds interrupted after {report.written} of {len(todo)} images; "
-                              f"the same command resumes") from None
+            raise Interrupted(f"seeds interrupted after {report.written} of {len(todo)} images; {out.target} keeps "
+                              f"them and the same command resumes") from None
         finally:
             bar.close()
             if executor is not None:  # forked workers share the store's file lock: they must be gone first
@@ -109,8 +116,11 @@ def _record(store: Store, image_id: str, seed: np.ndarray, report: SeedReport) -
 
 def import_seed_pngs(store_path: str | Path, png_dir: str | Path, images: str | Path,
                      ids: Sequence[str] | None = None, overwrite: bool = False, progress: bool = True,
-                     command: str = "orand-addon refine --seeds-png") -> SeedReport:
-    """Seeds from label PNGs (``<id>.png``: 0 background, 1..C, 255 unsure) into ``/seeds``; resumable."""
+                     command: str = "orand-addon refine --seeds-png", dist: DistInfo = DistInfo()) -> SeedReport:
+    """Seeds from label PNGs (``<id>.png``: 0 background, 1..C, 255 unsure) into ``/seeds``; resumable.
+
+    ``dist``: this rank under torchrun; it imports its share into its shard (see :mod:`.outputs`).
+    """
     folder = Path(png_dir)
     if not folder.is_dir():
         raise OrandError(f"{folder}: seed PNG folder not found")
@@ -118,16 +128,16 @@ def import_seed_pngs(store_path: str | Path, png_dir: str | Path, images: str | 
     wanted = list(ids) if ids is not None else sorted(p.stem for p in folder.glob("*.png"))
     if not wanted:
         raise OrandError(f"{folder}: no seed PNGs (<id>.png)")
-    with Store(store_path, mode="a") as store:
-        n_classes = len(store.class_names)
-        for image_id in wanted:  # every check before any write
+    with StepOutput(store_path, dist) as out:
+        mine = out.share(wanted)
+        for image_id in mine:  # every check before any write
             if not (folder / f"{image_id}.png").is_file():
                 raise OrandError(f"{image_id}: no seed PNG {folder / (image_id + '.png')}")
-        check_images(images, wanted, lambda i: image_size(folder, i), "seed PNGs")
-        store.begin(["seeds"], command, {"source": "png", "dir": str(folder.resolve())}, force=overwrite)
-        todo = [i for i in wanted if not store.has("seeds", i)]
-        report.skipped_existing = len(wanted) - len(todo)
-        bar = progress_bar(total=len(todo), desc="seeds", unit="img", enabled=progress)
+        check_images(images, mine, lambda i: image_size(folder, i), "seed PNGs")
+        todo = out.begin(["seeds"], command, {"source": "png", "dir": str(folder.resolve())}, overwrite, mine)
+        report.skipped_existing = len(mine) - len(todo)
+        n_classes = len(out.sink.class_names)
+        bar = progress_bar(total=len(todo), desc="seeds", unit="img", enabled=progress and dist.is_main)
         try:
             for image_id in todo:
                 seed = load_label_png(folder / f"{image_id}.png")
@@ -135,8 +145,10 @@ def import_seed_pngs(store_path: str | Path, png_dir: str | Path, images: str | 
                 if bad.size:
                     raise OrandError(f"{image_id}: seed PNG has values {bad[:5].tolist()} outside 0..{n_classes - 1} "
                                      f"and 255 ({folder})")
-                _record(store, image_id, seed, report)
+                _record(out.sink, image_id, seed, report)
+                out.wrote()
                 bar.update(1)
+            out.finish()
         except KeyboardInterrupt:
             raise Interrupted(f"seed import interrupted after {report.written} images; the same command resumes") from None
         finally:

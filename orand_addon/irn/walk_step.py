@@ -4,7 +4,9 @@ Per image: the trained IRN gives the stride-4 boundary map (flip-averaged); the 
 downsized to ⌈H/4⌉ × ⌈W/4⌉ (IRN's ``cam``), optionally raised to ``cam_power`` (AMN: 1.3); :func:`random_walk`
 propagates them; the result is upsampled ×4, cropped to the image, divided by its global max and written as kind
 ``rw`` (keys as the source), and ``/masks`` gets the arg-max with a constant background of ``bg_thres`` (0.25).
-Resumable at image granularity: ids with both ``rw`` and ``masks`` are skipped.
+Resumable at image granularity: ids with both ``rw`` and ``masks`` are skipped. Under torchrun each rank walks
+its share of the ids on its own device (``cuda:LOCAL_RANK`` for ``auto``/``cuda``) into its own shard of the store
+(:mod:`.outputs`); ``orand-addon merge`` joins the shards. Ranks never talk to each other.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..distributed import DistInfo, pick_device
 from ..errors import OrandError
 from ..io.images import load_image
 from ..masks import maps_to_mask
-from ..runtime import Interrupted, autocast, progress as progress_bar, resolve_device
-from ..store import Store
+from ..runtime import Interrupted, autocast, progress as progress_bar
 from .inputs import check_finite, check_images, select_ids
 from .network import normalize_image, predict_edge
+from .outputs import StepOutput
 from .random_walk import prepare_cam, random_walk, walk_to_maps
 from .train import load_trained
 
@@ -63,31 +66,35 @@ def walk_one(model, image: np.ndarray, maps: np.ndarray, keys: np.ndarray, optio
 def run_walk(store_path: str | Path, kind: str, images: str | Path, checkpoint: str | Path,
              ids: Sequence[str] | None = None, options: WalkOptions = WalkOptions(), device: str = "auto",
              precision: str = "auto", overwrite: bool = False, progress: bool = True,
-             command: str = "orand-addon refine --steps walk") -> WalkReport:
-    """Random-walk the ``kind`` maps with the IRN ``checkpoint`` into kind ``rw`` and ``/masks``; resumable."""
-    dev = resolve_device(device)
+             command: str = "orand-addon refine --steps walk", dist: DistInfo = DistInfo()) -> WalkReport:
+    """Random-walk the ``kind`` maps with the IRN ``checkpoint`` into kind ``rw`` and ``/masks``; resumable.
+
+    ``dist``: this rank under torchrun; it writes its share into its shard (see :mod:`.outputs`).
+    """
+    dev = pick_device(device, dist)
     model = load_trained(checkpoint, dev)
     report = WalkReport()
     parameters = {"kind": kind, "checkpoint": str(Path(checkpoint).resolve()), **asdict(options)}
-    with Store(store_path, mode="a") as store:
-        todo_all = select_ids(store, kind, ids, "the maps to refine")
-        check_images(images, todo_all, lambda i: store.map_shape(kind, i)[1:], f"/{kind} maps")  # before any write
-        store.begin(["rw", "masks"], command, parameters, force=overwrite)
-        todo = [i for i in todo_all if not (store.has("rw", i) and store.has("masks", i))]
-        report.skipped_existing = len(todo_all) - len(todo)
-        bar = progress_bar(total=len(todo), desc="random walk", unit="img", enabled=progress)
+    with StepOutput(store_path, dist) as out:
+        mine = out.share(select_ids(out.source, kind, ids, "the maps to refine"))
+        check_images(images, mine, lambda i: out.source.map_shape(kind, i)[1:], f"/{kind} maps")  # before any write
+        todo = out.begin(["rw", "masks"], command, parameters, overwrite, mine)
+        report.skipped_existing = len(mine) - len(todo)
+        bar = progress_bar(total=len(todo), desc="random walk", unit="img", enabled=progress and dist.is_main)
         try:
             for image_id in todo:
-                maps, keys = store.read_maps(kind, image_id)
+                maps, keys = out.source.read_maps(kind, image_id)
                 check_finite(image_id, maps, f"/{kind} maps")
                 rw, mask = walk_one(model, load_image(images, image_id), maps, keys, options, dev, precision, image_id)
-                store.write_maps("rw", image_id, rw, keys, dtype=options.dtype)
-                store.write_mask("masks", image_id, mask)
+                out.sink.write_maps("rw", image_id, rw, keys, dtype=options.dtype)
+                out.sink.write_mask("masks", image_id, mask)
+                out.wrote()
                 report.written += 1
                 bar.update(1)
+            out.finish()
         except KeyboardInterrupt:
             raise Interrupted(f"random walk interrupted after {report.written} of {len(todo)} images; "
-                              f"the same command resumes") from None
+                              f"{out.target} keeps them and the same command resumes") from None
         finally:
             bar.close()
     return report
