@@ -268,3 +268,23 @@ def test_epoch_sampler_resumes_inside_an_epoch_and_shards():
     assert full != [i for _, i in EpochSampler(23, 4, seed=1, epoch=4)]
     shards = [[i for _, i in EpochSampler(23, 4, 1, 3, rank=r, world_size=2)] for r in (0, 1)]
     assert not set(shards[0]) & set(shards[1]) and len(shards[0]) == len(shards[1]) == 8
+
+
+@pytest.mark.parametrize("n, batch, world", [(23, 6, 2), (23, 6, 3), (40, 8, 4), (9, 2, 2)])
+def test_ranks_shares_of_a_step_are_the_one_process_batch(n, batch, world):
+    """DDP with global batch ``batch``: rank r takes ``batch / world`` images per step; together the ranks' step s
+    holds exactly the images of the one-process step s (the same number of steps, nothing left out or repeated)."""
+    from orand_addon.seg.data import EpochSampler, batches_per_epoch
+
+    one = [i for _, i in EpochSampler(n, batch, seed=4, epoch=2)]
+    steps = batches_per_epoch(n, batch)
+    per_rank = [[i for _, i in EpochSampler(n, batch // world, 4, 2, rank=r, world_size=world)]
+                for r in range(world)]
+    assert all(len(share) == steps * (batch // world) for share in per_rank)
+    b = batch // world
+    for s in range(steps):
+        together = sorted(i for share in per_rank for i in share[s * b:(s + 1) * b])
+        assert together == sorted(one[s * batch:(s + 1) * batch])
+    resumed = [[i for _, i in EpochSampler(n, b, 4, 2, start_batch=1, rank=r, world_size=world)]
+               for r in range(world)]
+    assert resumed == [share[b:] for share in per_rank]  # a global step index resumes every rank's share

@@ -70,3 +70,22 @@ def test_bad_loss_options():
         build_loss("focal", 3)
     with pytest.raises(OrandError, match=r"label smoothing 1.0 must be in \[0, 1\)"):
         build_loss("balanced-ls-ce", 3, [1, 2, 3], smoothing=1.0)
+
+
+@pytest.mark.parametrize("name", ["ce", "balanced-ls-ce"])
+def test_rank_shares_normalised_by_the_global_weight_give_the_whole_batch_gradient(batch, name):
+    """What DDP computes in ``train_step``: each rank's loss sum over the weight of the global batch (times the
+    number of ranks), gradients averaged over the ranks = the gradient of the loss of the whole batch. Here the two
+    images have different numbers of labelled pixels, so the mean of the per-rank losses would differ."""
+    logits, target = batch
+    loss = build_loss(name, 4, class_counts=[5, 1, 3, 2])
+    whole = torch.tensor(logits, requires_grad=True)
+    loss(whole, torch.from_numpy(target)).backward()
+    shares = [torch.tensor(logits[r:r + 1], requires_grad=True) for r in range(2)]
+    parts = [loss.parts(x, torch.from_numpy(target[r:r + 1])) for r, x in enumerate(shares)]
+    weight = sum(float(w) for _, w in parts)
+    for total, _ in parts:
+        (total / (weight / 2) / 2).backward()  # the rank's loss; DDP divides the summed gradients by 2
+    torch.testing.assert_close(torch.cat([x.grad for x in shares]), whole.grad, rtol=1e-6, atol=1e-9)
+    per_rank_means = [float(total.detach() / w) for total, w in parts]
+    assert abs(np.mean(per_rank_means) - float(loss(whole.detach(), torch.from_numpy(target)))) > 1e-3

@@ -196,3 +196,34 @@ def test_resume_after_ctrl_c_continues_exactly(tiny, tmp_path, monkeypatch):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert [r["loss"] for r in read_log(straight)] == [r["loss"] for r in read_log(resumed)]
+
+
+def test_ctrl_c_finishes_the_step_and_resume_validates_the_epoch_it_ended(tiny, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    straight = tmp_path / "straight"
+    train_segmentation(config(tiny, straight, epochs=2, val_list=str(tiny["list"]), gt=str(tiny["masks"])))
+    calls = {"n": 0}
+    real_step = train_module.train_step
+
+    def ctrl_c_in_second_step(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the last step of epoch 1: Ctrl-C arrives while it runs
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "train_step", ctrl_c_in_second_step)
+    resumed = tmp_path / "resumed"
+    run = config(tiny, resumed, epochs=2, val_list=str(tiny["list"]), gt=str(tiny["masks"]))
+    with pytest.raises(Interrupted, match=r"interrupted at epoch 1, step 2; .*last.pt saved, rerun with --resume"):
+        train_segmentation(run)
+    assert calls["n"] == 2 and not (resumed / "log.csv").exists()  # the step finished, its epoch not validated
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    train_segmentation(SegTrainConfig(**{**run.__dict__, "resume": True}))
+    a = torch.load(straight / "model.pt", weights_only=True)["model"]
+    b = torch.load(resumed / "model.pt", weights_only=True)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [{k: r[k] for k in r if k != "seconds"} for r in read_log(straight)] == \
+           [{k: r[k] for k in r if k != "seconds"} for r in read_log(resumed)]

@@ -7,6 +7,7 @@ import json
 
 import click
 
+from ..distributed import DistInfo
 from .common import command_line, device_option, echo_lines, progress_option, seed_option, workers_option
 
 # Kept in sync with orand_addon.seg.models.MODELS and seg.losses.LOSSES (a test checks it); listed here so that
@@ -52,7 +53,8 @@ def _precision_option(f):
               help="factor:epochs phases in order, then full size (8:2,4:2,2:2 = epochs 1-2 at 1/8, 3-4 at 1/4, "
                    "5-6 at 1/2); factor@end spells end epochs (8@2,4@4,2@6 is the same); none: off.")
 @click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--batch-size", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=10, show_default=True,
+              help="Images per step, all processes together (under torchrun each takes batch-size / N).")
 @click.option("--crop-size", type=int, default=321, show_default=True)
 @click.option("--scale-range", default="0.5,1.5", show_default=True, help="Random rescaling range LOW,HIGH.")
 @click.option("--lr", type=float, default=2.5e-4, show_default=True, help="Backbone learning rate (head: x10).")
@@ -89,7 +91,13 @@ def train_seg(**kw) -> None:
       orand-addon train-seg ... --scale-schedule none --model deeplabv3-resnet101
 
     Every input is checked before training starts. Ctrl-C saves RUN_DIR/last.pt; --resume continues exactly.
+
+    \b
+    Several GPUs or machines (DDP; --batch-size is the global batch, split over the processes; rank 0 writes
+    RUN_DIR; resumable with any number of processes that divides --batch-size):
+      torchrun --nproc-per-node 4 -m orand_addon train-seg ... --batch-size 16 --out runs/deeplab
     """
+    from ..distributed import dist_info
     from ..seg.train import SegTrainConfig, train_segmentation
 
     names = {f.name for f in dataclasses.fields(SegTrainConfig)}
@@ -97,7 +105,8 @@ def train_seg(**kw) -> None:
                             classes=kw["class_spec"], show_progress=kw["progress"],
                             scale_range=parse_floats(kw["scale_range"], "--scale-range", 2))
     path = train_segmentation(config)
-    click.echo(f"wrote {path}")
+    if dist_info().is_main:
+        click.echo(f"wrote {path}")
 
 
 @click.command(name="segment", context_settings={"max_content_width": 110})
@@ -126,25 +135,45 @@ def segment(**kw) -> None:
           --out runs/deeplab/test --crf --scales 1.0
 
     Masks already written are kept (an interrupted run resumes) and still scored.
+
+    \b
+    Several GPUs or machines (torchrun; each rank segments every N-th id, PNGs into --out, store masks into
+    its shard STORE.rankR-of-N.h5; with --gt rank 0 reports the scores of all ids):
+      torchrun --nproc-per-node 4 -m orand_addon segment --checkpoint runs/deeplab/model.pt \\
+          --images VOC2012/JPEGImages --ids val --out runs/deeplab/val --store seg.h5 --gt VOC2012/SegmentationClassAug
+      orand-addon merge --from-shards seg.h5
     """
     from ..classes import read_id_list
+    from ..distributed import dist_info
     from ..seg.infer import segment_images
 
     store, group = kw["store"], "seg"
     if store and ":" in store.rsplit("/", 1)[-1]:
         store, group = store.rsplit(":", 1)
+    dist = dist_info()
     result = segment_images(
         kw["checkpoint"], kw["images"], read_id_list(kw["ids"]), out=kw["out"], store=store, group=group,
         scales=parse_floats(kw["scales"], "--scales"), flip=kw["flip"], crf=kw["crf"], gt=kw["gt"],
         device=kw["device"], precision=kw["precision"], overwrite=kw["overwrite"], show_progress=kw["progress"],
-        command=command_line(),
+        command=command_line(), dist=dist,
     )
-    lines = [f"segmented {result['written']} images ({result['skipped']} already done)"
-             + "".join(f" -> {result[k]}" for k in ("out", "store") if result[k])]
-    if "miou" in result:
-        lines.append(f"mIoU {100 * result['miou']:.2f}")
-        lines += [f"  {name:<14} {'-' if v is None else f'{100 * v:.2f}'}" for name, v in result["iou"].items()]
-    echo_lines(lines)
-    if kw["json_path"]:
+    echo_lines(summary_lines(result, dist, store))
+    if kw["json_path"] and dist.is_main:
         with open(kw["json_path"], "w") as fh:
             json.dump(result, fh, indent=1)
+
+
+def summary_lines(result: dict, dist: DistInfo, store: str | None) -> list[str]:
+    """What ``segment`` prints: the images done (per rank under torchrun, with the merge to run for a store) and,
+    on rank 0, the scores of all ids."""
+    where = "".join(f" -> {result[k]}" for k in ("out", "store") if result[k])
+    done = f"segmented {result['written']} images ({result['skipped']} already done){where}"
+    if not dist.enabled:
+        lines = [done]
+    else:
+        lines = [f"rank {dist.rank} of {dist.world_size}: {done}"
+                 + (f"; when every rank is done: orand-addon merge --from-shards {store}" if store else "")]
+    if "miou" in result and dist.is_main:
+        lines.append(f"mIoU {100 * result['miou']:.2f}" + (" (all ranks)" if dist.enabled else ""))
+        lines += [f"  {name:<14} {'-' if v is None else f'{100 * v:.2f}'}" for name, v in result["iou"].items()]
+    return lines

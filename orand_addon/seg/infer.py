@@ -3,26 +3,38 @@ and mIoU against ground truth.
 
 Scores come from :mod:`orand_addon.metrics.functional`, as in ``orand-addon evaluate`` (DESIGN §8: one
 dataset-level confusion matrix, GT 255 ignored, classes absent from both sides left out of the means).
+
+Under torchrun ``segment`` splits its ids over the ranks (rank ``r`` of ``w`` takes ``ids[r::w]``): PNGs go into the
+shared folder, store masks into the rank's shard (:mod:`.outputs`; ``orand-addon merge`` joins them), and with
+``--gt`` every rank counts its images and the confusion matrices are summed over a gloo group that waits for the
+slowest rank, so rank 0 reports the scores of all ids once (the one-process numbers). Ranks need no process group
+otherwise: without ``--gt`` any launcher that sets ``RANK``/``WORLD_SIZE`` works.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..distributed import DistInfo, pick_device, shard, shard_path
 from ..errors import OrandError
-from ..io.images import load_image, save_label_png
+from ..io.images import load_image
 from ..metrics.functional import pixel_counts, segmentation_scores
-from ..runtime import autocast, load_checkpoint, progress, resolve_device
+from ..runtime import autocast, load_checkpoint, progress
 from .data import load_gt, normalize
 from .models import SegNet, build_model
+from .outputs import MaskOutputs, open_outputs
 
 DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)
+SCORE_WAIT = timedelta(days=7)  # how long a rank that is done waits for the others before the scores are summed
 CRF_PARAMS = {"iterations": 10, "pos_xy_std": 1.0, "pos_w": 3.0, "bi_xy_std": 67.0, "bi_rgb_std": 3.0, "bi_w": 4.0}
 
 
@@ -90,9 +102,10 @@ def segment_one(net: SegNet, image: np.ndarray, device: torch.device, scales: Se
     return probs.argmax(0).astype(np.uint8)
 
 
-def evaluate_model(net: SegNet, ids: Sequence[str], images: str | Path, gt: str | Path, device: torch.device,
-                   precision: str = "auto", show_progress: bool = False) -> float:
-    """Single-scale mIoU of ``net`` on ``ids`` (per-epoch validation during training)."""
+def validation_confusion(net: SegNet, ids: Sequence[str], images: str | Path, gt: str | Path, device: torch.device,
+                         precision: str = "auto", show_progress: bool = False) -> np.ndarray:
+    """(C, C) confusion of ``net``'s single-scale masks of ``ids`` against ``gt`` (per-epoch validation; under DDP
+    each rank counts its share and the matrices are summed)."""
     was_training = net.training
     net.eval()
     conf = np.zeros((net.num_classes, net.num_classes), np.int64)
@@ -101,70 +114,100 @@ def evaluate_model(net: SegNet, ids: Sequence[str], images: str | Path, gt: str 
         pred = segment_one(net, image, device, (1.0,), False, False, precision)
         conf += image_confusion(load_gt(gt, image_id, pred.shape), pred, net.num_classes, image_id)
     net.train(was_training)
+    return conf
+
+
+def evaluate_model(net: SegNet, ids: Sequence[str], images: str | Path, gt: str | Path, device: torch.device,
+                   precision: str = "auto", show_progress: bool = False) -> float:
+    """Single-scale mIoU of ``net`` on ``ids``."""
+    conf = validation_confusion(net, ids, images, gt, device, precision, show_progress)
     return float(segmentation_scores(conf)["mean_iou"])
 
 
-def _check_png_provenance(out: Path, parameters: dict, overwrite: bool) -> None:
-    record = out / "segment.json"
-    if record.is_file() and not overwrite:
-        old = json.loads(record.read_text()).get("parameters")
-        if old != parameters:
-            diff = sorted(k for k in set(old or {}) | set(parameters) if (old or {}).get(k) != parameters.get(k))
-            raise OrandError(f"{out}: masks there were written with other parameters ({', '.join(diff)} differ); "
-                             f"use a new --out or --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"parameters": parameters}, indent=1))
+def check_gt_files(gt: str | Path, ids: Sequence[str]) -> None:
+    """Every id has a ground-truth PNG (checked before anything is segmented)."""
+    for image_id in ids:
+        if not (Path(gt) / f"{image_id}.png").is_file():
+            raise OrandError(f"{image_id}: no ground truth {image_id}.png in {gt}")
+
+
+def check_can_sum_scores(dist: DistInfo) -> None:
+    """Scores over all ranks are summed through torch.distributed: under a launcher other than torchrun (only
+    ``RANK``/``WORLD_SIZE`` set) there is no rendezvous to sum them over."""
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+    if dist.enabled and missing:
+        raise OrandError(f"segment --gt with WORLD_SIZE={dist.world_size} sums the ranks' scores over "
+                         f"torch.distributed, but {' and '.join(missing)} not set; launch with torchrun, or leave "
+                         f"out --gt and score the result afterwards (orand-addon evaluate --pred ... --gt ...)")
+
+
+@contextlib.contextmanager
+def score_group(dist: DistInfo, scoring: bool) -> Iterator["torch.distributed.ProcessGroup | None"]:
+    """Under torchrun with ``--gt``: a gloo group (CPU tensors, whatever the model's device) that waits for the
+    slowest rank (a rank that reruns a killed rank's share may take hours); None otherwise (no process group)."""
+    if not (scoring and dist.enabled):
+        yield None
+        return
+    import torch.distributed as tdist
+
+    from ..distributed import process_group
+
+    with process_group("cpu", dist):
+        yield tdist.new_group(backend="gloo", timeout=SCORE_WAIT)
+
+
+def sum_confusions(conf: np.ndarray, group: "torch.distributed.ProcessGroup | None") -> np.ndarray:
+    """The sum of every rank's confusion matrix over ``group`` (``conf`` itself without one)."""
+    if group is None:
+        return conf
+    import torch.distributed as tdist
+
+    total = torch.from_numpy(np.ascontiguousarray(conf, dtype=np.int64))
+    tdist.all_reduce(total, group=group)
+    return total.numpy()
 
 
 def segment_images(checkpoint: str | Path, images: str | Path, ids: Sequence[str], out: str | Path | None = None,
                    store: str | Path | None = None, group: str = "seg", scales: Sequence[float] = DEFAULT_SCALES,
                    flip: bool = True, crf: bool = False, gt: str | Path | None = None, device: str = "auto",
                    precision: str = "auto", overwrite: bool = False, show_progress: bool = True,
-                   command: str = "segment") -> dict:
+                   command: str = "segment", dist: DistInfo = DistInfo()) -> dict:
     """Segment ``ids``: PNG masks into ``out`` and/or ``/<group>/<id>`` of ``store``; score against ``gt``.
 
     Ids already written are skipped (an interrupted run resumes) but still scored. Returns a dict with
     ``written``, ``skipped``, and with ``gt`` also ``miou`` and ``iou`` (class name -> IoU).
-    """
-    from ..store import Store
 
+    ``dist`` (rank ``r`` of ``w``, from :func:`~orand_addon.distributed.dist_info` under torchrun): this rank
+    segments ``ids[r::w]`` into ``out`` and its shard of ``store`` (:mod:`.outputs`; ``written``/``skipped`` count
+    its images, ``store`` names its shard, ``rank``/``world_size`` are added); with ``gt`` the ranks' confusion
+    matrices are summed, so the scores are those of all ``ids``, as one process computes them.
+    """
     if out is None and store is None:
         raise OrandError("segment: give --out DIR (PNG masks) and/or --store STORE.h5")
     if not ids:
         raise OrandError("segment: the id list is empty")
-    dev = resolve_device(device)
+    if gt is not None:
+        check_can_sum_scores(dist)
+    mine = shard(list(ids), dist.rank, dist.world_size)
+    if gt is not None:
+        check_gt_files(gt, mine)
+    dev = pick_device(device, dist)
     net, meta = load_segmenter(checkpoint, dev)
     names = list(meta.get("class_names") or [str(i) for i in range(net.num_classes)])
     parameters = {"checkpoint": str(Path(checkpoint).resolve()), "scales": list(scales), "flip": flip, "crf": crf}
     out = Path(out) if out is not None else None
-    if out is not None:
-        _check_png_provenance(out, parameters, overwrite)
-    db = Store(store, "a", class_names=names) if store is not None else None
-    conf = np.zeros((net.num_classes, net.num_classes), np.int64)
-    written = skipped = 0
-    try:
-        if db is not None:
-            db.begin([group], command, parameters, force=overwrite)
-        for image_id in progress(ids, desc="segmenting", enabled=show_progress, unit="img"):
-            done_png = out is None or (out / f"{image_id}.png").is_file()
-            done_store = db is None or db.has(group, image_id)
-            if done_png and done_store and not overwrite:
-                pred = db.read_mask(group, image_id) if db is not None else _read_png(out, image_id)
-                skipped += 1
-            else:
-                pred = segment_one(net, load_image(images, image_id), dev, scales, flip, crf, precision)
-                if out is not None:
-                    save_label_png(out / f"{image_id}.png", pred)
-                if db is not None:
-                    db.write_mask(group, image_id, pred)
-                written += 1
-            if gt is not None:
-                conf += image_confusion(load_gt(gt, image_id, pred.shape), pred, net.num_classes, image_id)
-    finally:
-        if db is not None:
-            db.close()
-    result: dict = {"written": written, "skipped": skipped, "out": str(out) if out else None,
-                    "store": f"{store}:{group}" if store else None}
+    store = Path(store) if store is not None else None
+    settings = InferenceSettings(tuple(scales), flip, crf, precision)
+    with score_group(dist, gt is not None) as ranks:
+        with open_outputs(out, store, group, names, parameters, command, overwrite, dist, len(mine)) as outputs:
+            bar = progress(mine, desc="segmenting", enabled=show_progress and dist.is_main, unit="img")
+            counts = segment_all(net, images, bar, outputs, settings, dev, gt, overwrite)
+        conf = sum_confusions(counts.confusion, ranks)
+    written_to = shard_path(store, dist.rank, dist.world_size) if store is not None and dist.enabled else store
+    result: dict = {"written": counts.written, "skipped": counts.skipped, "out": str(out) if out else None,
+                    "store": f"{written_to}:{group}" if store else None}
+    if dist.enabled:
+        result.update(rank=dist.rank, world_size=dist.world_size)
     if gt is not None:
         scores = segmentation_scores(conf)
         result.update(miou=float(scores["mean_iou"]), mean_precision=float(scores["mean_precision"]),
@@ -173,7 +216,39 @@ def segment_images(checkpoint: str | Path, images: str | Path, ids: Sequence[str
     return result
 
 
-def _read_png(out: Path, image_id: str) -> np.ndarray:
-    from ..io.images import load_label_png
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How ``segment`` computes a mask: scales averaged, flip, dense CRF, autocast precision."""
 
-    return load_label_png(out / f"{image_id}.png")
+    scales: tuple[float, ...]
+    flip: bool
+    crf: bool
+    precision: str
+
+
+@dataclass
+class SegmentCounts:
+    written: int
+    skipped: int
+    confusion: np.ndarray
+
+
+def segment_all(net: SegNet, images: str | Path, ids: Iterable[str], outputs: MaskOutputs,
+                settings: InferenceSettings, device: torch.device, gt: str | Path | None,
+                overwrite: bool) -> SegmentCounts:
+    """Segment the ids not in ``outputs`` yet (all with ``overwrite``) and count every id against ``gt``."""
+    counts = SegmentCounts(0, 0, np.zeros((net.num_classes, net.num_classes), np.int64))
+    for image_id in ids:
+        if outputs.done(image_id) and not overwrite:
+            counts.skipped += 1
+            if gt is None:
+                continue
+            pred = outputs.read(image_id)
+        else:
+            pred = segment_one(net, load_image(images, image_id), device, settings.scales, settings.flip,
+                               settings.crf, settings.precision)
+            outputs.write(image_id, pred)
+            counts.written += 1
+        if gt is not None:
+            counts.confusion += image_confusion(load_gt(gt, image_id, pred.shape), pred, net.num_classes, image_id)
+    return counts

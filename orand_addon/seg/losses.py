@@ -6,6 +6,11 @@
   ``w[y] = median_freq / freq[y]`` (median-frequency balancing over the classes present in the training masks,
   capped at ``MAX_WEIGHT``), normalised by the sum of the weights.
 
+Both are a sum over pixels divided by a weight that carries no gradient (the number of labelled pixels, the sum of
+their class weights); :meth:`parts` returns the two, so that under DDP the training step divides every rank's sum by
+the weight of the *global* batch (summed over the ranks) and the mean of the ranks' gradients is exactly the
+gradient of one process on the whole batch (:func:`orand_addon.seg.train.train_step`).
+
 >>> logits = torch.zeros(1, 3, 1, 2); target = torch.tensor([[[0, 255]]])
 >>> round(float(build_loss("ce", 3)(logits, target)), 4)  # log(3)
 1.0986
@@ -48,10 +53,16 @@ def median_frequency_weights(counts: Sequence[int], max_weight: float = MAX_WEIG
 class CrossEntropy(nn.Module):
     """Mean CE over pixels whose label is not 255 (0 when a batch has none)."""
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    min_weight = 1.0  # the weight is a pixel count: a batch without labels divides by 1
+
+    def parts(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum of the pixel losses, number of labelled pixels)``; the loss is their ratio."""
         valid = target != IGNORE
-        loss = F.cross_entropy(logits.float(), target.long(), ignore_index=IGNORE, reduction="sum")
-        return loss / valid.sum().clamp(min=1)
+        return F.cross_entropy(logits.float(), target.long(), ignore_index=IGNORE, reduction="sum"), valid.sum()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total, weight = self.parts(logits, target)
+        return total / weight.clamp(min=self.min_weight)
 
 
 class BalancedSmoothedCE(nn.Module):
@@ -64,7 +75,10 @@ class BalancedSmoothedCE(nn.Module):
         self.smoothing = smoothing
         self.register_buffer("class_weights", torch.as_tensor(np.asarray(class_weights), dtype=torch.float32))
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    min_weight = 1e-12
+
+    def parts(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weighted sum of the pixel losses, sum of the weights)``; the loss is their ratio."""
         logp = F.log_softmax(logits.float(), dim=1)
         valid = target != IGNORE
         safe = torch.where(valid, target, torch.zeros_like(target)).long()
@@ -72,7 +86,11 @@ class BalancedSmoothedCE(nn.Module):
         uniform = -logp.mean(dim=1)
         per_pixel = (1 - self.smoothing) * nll + self.smoothing * uniform
         w = self.class_weights[safe] * valid
-        return (w * per_pixel).sum() / w.sum().clamp(min=1e-12)
+        return (w * per_pixel).sum(), w.sum()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total, weight = self.parts(logits, target)
+        return total / weight.clamp(min=self.min_weight)
 
 
 def _ce(num_classes: int, counts: Sequence[int] | None, smoothing: float) -> nn.Module:

@@ -1,144 +1,67 @@
 """Training shell of the segmentation stage: DeepLab on images + pseudo-masks with scale scheduling.
 
-The pieces are small functions so that a distributed variant can replace one at a time: :func:`prepare_data`
-(validation of every input, before anything trains), :func:`build_training` (model, optimizer, loss),
-:func:`make_loader` (sampler and DataLoader of one epoch), :func:`train_step`, :func:`save_state` /
-:func:`restore_state` (exact resume: weights, optimizer, RNG, position inside the epoch).
+The pieces are small functions: :func:`prepare_data` (validation of every input, before anything trains),
+:func:`build_training` (model, optimizer, loss), :func:`make_loader` (sampler and DataLoader of one epoch),
+:func:`train_step`, and :mod:`.state` (exact resume: weights, optimizer, RNG, position inside the epoch).
 
 Run folder: ``last.pt`` (resumable checkpoint, written every epoch and on Ctrl-C), ``model.pt`` (final weights
 for ``segment``), ``config.json``, ``log.csv`` (one row per epoch), ``train.log``, and TensorBoard events in
 ``tb/`` when TensorBoard is installed.
+
+Under ``torchrun --nproc-per-node N`` (one or several machines) the same command trains one model with
+DistributedDataParallel (gloo on the CPU, nccl on CUDA, rank r on ``cuda:LOCAL_RANK``):
+
+* ``--batch-size`` is the **global** batch; each rank takes ``batch_size / N`` images per step (an error when N
+  does not divide it). The seeded :class:`~.data.EpochSampler` order is split so that the ranks' shares of step
+  ``s`` together are exactly the one-process batch ``s``; augmentation is seeded per sample, not per process.
+* The loss of a step is normalised by the labelled pixels (class weights) of the **global** batch
+  (:func:`train_step`), so DDP's mean of the ranks' gradients is the gradient one process computes on the whole
+  batch; the logged loss is the global batch's.
+* BatchNorm layers that train become SyncBatchNorm on CUDA (statistics over the global batch). PyTorch's
+  SyncBatchNorm needs GPUs: on the CPU, trained BatchNorm keeps per-rank statistics, so there a DDP run equals one
+  process only with frozen BatchNorm (``--bn frozen``, or ``auto`` with pretrained weights; the DeepLab-v2 models,
+  whose head has no BatchNorm and no dropout).
+* Rank 0 alone logs, shows progress and writes the run folder; validation is split over the ranks and their
+  confusion matrices summed (the same mIoU as one process). Ctrl-C: every rank finishes the current step, rank 0
+  saves ``last.pt``, all stop (``--resume`` continues, with any number of processes dividing ``--batch-size``).
+
+So one process with the same ``--batch-size`` takes the same steps, within float tolerance.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..classes import get_class_set, read_id_list
-from ..errors import OrandError
-from ..runtime import (Interrupted, atomic_save, load_checkpoint, poly_lr, progress, resolve_device,
-                       seed_everything)
-from .data import (EpochSampler, MaskReader, MaskSource, TrainPairs, batches_per_epoch, check_pairs,
-                   downsample_pair, parse_mask_source)
-from .infer import evaluate_model
-from .losses import LOSSES, build_loss
-from .models import BN_MODES, MODELS, SegNet, build_model, param_groups
-from .schedule import PAPER_SCHEDULE, Schedule, check_fits, describe_epoch, factor_for_epoch, parse_schedule
+from ..distributed import (DistInfo, barrier, convert_sync_batchnorm, dist_info, process_group, shard,
+                           sum_across_ranks, wrap_ddp)
+from ..metrics.functional import segmentation_scores
+from ..orandnet.train import StopRequest
+from ..runtime import Interrupted, poly_lr, progress, seed_everything
+from .config import OPTIMIZERS, PreparedData, SegTrainConfig, check_config, prepare_data, rank_batch
+from .data import EpochSampler, TrainPairs, batches_per_epoch, downsample_pair
+from .infer import validation_confusion
+from .losses import build_loss
+from .models import SegNet, build_model, param_groups
+from .runlog import QuietLog, RunLog, open_log
+from .schedule import Schedule, describe_epoch, factor_for_epoch
+from .state import (CHECKPOINT, FINAL, RUN_DEFINING, check_run_folder, restore_state, save_final,
+                    save_state)
 
-# Config fields that define a run: --resume refuses to continue a run when one of them changed.
-RUN_DEFINING = ("model", "class_names", "epochs", "batch_size", "crop_size", "lr", "momentum", "weight_decay",
-                "power", "head_lr_mult", "optimizer", "scale_schedule", "scale_range", "loss", "smoothing", "seed",
-                "train_ids")
-OPTIMIZERS = ("sgd", "adamw")
-LOG_FIELDS = ("epoch", "factor", "input_px", "steps", "loss", "lr", "val_miou", "seconds")
-
-
-@dataclass
-class SegTrainConfig:
-    """Everything a segmentation training run needs (the CLI fills it from ``train-seg`` options)."""
-
-    images: str
-    masks: str
-    train_list: str | Sequence[str]
-    out: str
-    val_list: str | Sequence[str] | None = None
-    gt: str | None = None
-    model: str = "deeplabv2-resnet101"
-    classes: str | None = None
-    scale_schedule: str = PAPER_SCHEDULE
-    epochs: int = 20
-    batch_size: int = 10
-    crop_size: int = 321
-    scale_range: tuple[float, float] = (0.5, 1.5)
-    lr: float = 2.5e-4
-    head_lr_mult: float = 10.0
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    power: float = 0.9
-    optimizer: str = "sgd"
-    loss: str = "ce"
-    smoothing: float = 0.1
-    pretrained: str = "imagenet"
-    bn: str = "auto"
-    resume: bool = False
-    device: str = "auto"
-    precision: str = "auto"
-    workers: int = 1
-    seed: int = 0
-    show_progress: bool = True
-
-
-@dataclass
-class PreparedData:
-    train_ids: list[str]
-    val_ids: list[str]
-    masks: MaskReader
-    class_names: list[str]
-    class_counts: np.ndarray
-    schedule: Schedule = field(default_factory=tuple)
-
-
-def _ids(spec: str | Sequence[str]) -> list[str]:
-    return read_id_list(spec) if isinstance(spec, (str, Path)) else list(spec)
-
-
-def check_config(c: SegTrainConfig) -> Schedule:
-    """Numbers in range and a schedule that parses and fits the training; returns the schedule."""
-    minimums = (("--epochs", c.epochs, 1), ("--batch-size", c.batch_size, 1), ("--crop-size", c.crop_size, 8))
-    for name, value, low in minimums:
-        if value < low:
-            raise OrandError(f"{name} {value} must be at least {low}")
-    if not c.lr > 0:
-        raise OrandError(f"--lr {c.lr} must be positive")
-    if not 0 < c.scale_range[0] <= c.scale_range[1]:
-        raise OrandError(f"--scale-range {c.scale_range[0]},{c.scale_range[1]}: need 0 < low <= high")
-    if (c.val_list is None) != (c.gt is None):
-        raise OrandError("--val-list and --gt go together: per-epoch validation needs both")
-    if c.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise OrandError(f"unknown precision {c.precision!r}; valid: auto, fp32, bf16, fp16")
-    registries = (("--model", c.model, MODELS), ("--loss", c.loss, LOSSES), ("--bn", c.bn, BN_MODES),
-                  ("--optimizer", c.optimizer, OPTIMIZERS))
-    for option, value, registry in registries:
-        if value not in registry:
-            raise OrandError(f"{option} {value!r} is unknown; valid: {', '.join(registry)}")
-    schedule = parse_schedule(c.scale_schedule)
-    check_fits(schedule, c.epochs, c.scale_schedule)
-    return schedule
-
-
-def prepare_data(c: SegTrainConfig, schedule: Schedule) -> PreparedData:
-    """Read the lists and check every training pair (and validation GT) before anything trains."""
-    train_ids = _ids(c.train_list)
-    if not train_ids:
-        raise OrandError("the training list is empty: nothing to train on")
-    masks = MaskReader(parse_mask_source(c.masks))
-    names = masks.class_names()
-    if names is None:
-        names = list(get_class_set(c.classes or "voc").names)
-    elif c.classes is not None and list(get_class_set(c.classes).names) != names:
-        raise OrandError(f"{masks.source.path}: store classes ({len(names)}) differ from --classes {c.classes}")
-    if len(train_ids) < c.batch_size:
-        raise OrandError(f"the training list has {len(train_ids)} images, fewer than --batch-size {c.batch_size}")
-    counts = check_pairs(train_ids, c.images, masks, len(names), "training", c.show_progress)
-    val_ids = _ids(c.val_list) if c.val_list is not None else []
-    if c.gt is not None:
-        check_pairs(val_ids, c.images, MaskReader(MaskSource("png", Path(c.gt))), len(names), "validation",
-                    c.show_progress, noun="ground truth")
-    return PreparedData(train_ids, val_ids, masks, names, counts, schedule)
+__all__ = ["SegTrainConfig", "OPTIMIZERS", "train_segmentation", "train_step", "make_loader", "rank_batch",
+           "prepare_data", "build_training"]
 
 
 def build_training(c: SegTrainConfig, data: PreparedData, device: torch.device):
-    """Model (on ``device``), optimizer with a 10x head, loss, and a GradScaler for fp16 (else None)."""
+    """Model (on ``device``; SyncBatchNorm under DDP on CUDA), optimizer with a 10x head, loss, and a GradScaler
+    for fp16 (else None)."""
     net = build_model(c.model, len(data.class_names), c.pretrained, c.bn).to(device)
+    net = convert_sync_batchnorm(net, device)
     optimizer = build_optimizer(c, param_groups(net, c.weight_decay, c.head_lr_mult))
     loss_fn = build_loss(c.loss, len(data.class_names), data.class_counts, c.smoothing).to(device)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and c.precision == "fp16" else None
@@ -154,10 +77,13 @@ def build_optimizer(c: SegTrainConfig, groups: list[dict]) -> torch.optim.Optimi
 
 def make_loader(c: SegTrainConfig, dataset: TrainPairs, epoch: int, start_batch: int, pin_memory: bool = False,
                 rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
-    sampler = EpochSampler(len(dataset), c.batch_size, c.seed, epoch, start_batch, rank, world_size)
+    """Rank ``rank``'s batches of one epoch from global step ``start_batch`` (``c.batch_size / world_size`` images
+    each)."""
+    batch = rank_batch(c.batch_size, world_size)
+    sampler = EpochSampler(len(dataset), batch, c.seed, epoch, start_batch, rank, world_size)
     # an own generator keeps the DataLoader from drawing on the global RNG (exact resume)
     generator = torch.Generator().manual_seed(c.seed * 100003 + epoch)
-    return torch.utils.data.DataLoader(dataset, batch_size=c.batch_size, sampler=sampler, drop_last=True,
+    return torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
                                        num_workers=c.workers if c.workers > 1 else 0, generator=generator,
                                        pin_memory=pin_memory)
 
@@ -170,14 +96,23 @@ def set_lr(optimizer: torch.optim.Optimizer, c: SegTrainConfig, step: int, total
 
 
 def train_step(net: SegNet, images: torch.Tensor, masks: torch.Tensor, loss_fn, optimizer, scaler,
-               device: torch.device, precision: str) -> float:
-    """One optimizer step (autocast on a GPU, gradient scaling for fp16); returns the loss."""
+               device: torch.device, precision: str, ranks: DistInfo = DistInfo()) -> float:
+    """One optimizer step (autocast on a GPU, gradient scaling for fp16); returns the loss of the global batch.
+
+    Under DDP (``net`` wrapped, ``ranks`` of the process group) ``images`` are this rank's share: its loss sum is
+    divided by the weight (labelled pixels) of the whole global batch times the number of ranks, so that DDP's
+    mean over the ranks' gradients is the gradient of the global batch's loss, as one process computes it.
+    """
     from ..runtime import autocast
 
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, precision):
         logits = net(images)
-    loss = loss_fn(logits, masks)
+    total, weight = loss_fn.parts(logits, masks)
+    values = torch.stack([total.detach().double(), weight.double()]).tolist()  # one device sync
+    total_all, weight_all = sum_across_ranks(values, device) if ranks.enabled else values
+    norm = max(weight_all, loss_fn.min_weight)
+    loss = total / (norm / ranks.world_size)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -185,30 +120,28 @@ def train_step(net: SegNet, images: torch.Tensor, masks: torch.Tensor, loss_fn, 
     else:
         loss.backward()
         optimizer.step()
-    return float(loss.detach())
+    return total_all / norm
 
 
-def save_state(path: Path, net, optimizer, scaler, position: dict, run: dict, meta: dict) -> None:
-    atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "meta": meta, "run": run,
-                 "scaler": scaler.state_dict() if scaler is not None else None, "position": position,
-                 "rng": {"torch": torch.get_rng_state()}}, path)
+def agree_to_stop(requested: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether any rank was asked to stop (Ctrl-C), so that all stop after the same step.
+
+    >>> agree_to_stop(True, DistInfo(), torch.device("cpu"))
+    True
+    """
+    if not info.enabled:
+        return requested
+    return sum_across_ranks([float(requested)], device)[0] > 0
 
 
-def restore_state(path: Path, net, optimizer, scaler, run: dict) -> dict:
-    """Load ``last.pt`` into the objects (after checking the run is the same); returns its position."""
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or "position" not in state or "run" not in state:
-        raise OrandError(f"{path}: not a resumable train-seg checkpoint")
-    changed = [k for k in RUN_DEFINING if state["run"].get(k) != run.get(k)]
-    if changed:
-        raise OrandError(f"--resume: {path} was trained with other settings ({', '.join(changed)} differ); "
-                         f"use the original options or a new --out")
-    net.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    return dict(state["position"])
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) on every rank, as DDP does before each forward pass: without
+    SyncBatchNorm (CPU) the ranks' running statistics drift apart during a step; the model saved is rank 0's."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def _run_record(c: SegTrainConfig, data: PreparedData) -> dict:
@@ -220,109 +153,149 @@ def _run_record(c: SegTrainConfig, data: PreparedData) -> dict:
     return record
 
 
-class RunLog:
-    """Messages to stderr + train.log, epoch rows to log.csv, and TensorBoard when installed."""
+@dataclass
+class _Training:
+    """One training run in this process: settings, rank, model (``net`` DDP-wrapped, ``model`` plain), data, log."""
 
-    def __init__(self, out: Path):
-        self.out = out
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(out / "tb"))
-        except ImportError:
-            pass
+    c: SegTrainConfig
+    info: DistInfo
+    device: torch.device
+    net: torch.nn.Module
+    model: SegNet
+    optimizer: torch.optim.Optimizer
+    loss_fn: torch.nn.Module
+    scaler: "torch.amp.GradScaler | None"
+    data: PreparedData
+    dataset: TrainPairs
+    log: RunLog | QuietLog
+    run: dict
+    meta: dict
 
-    def message(self, text: str) -> None:
-        from tqdm import tqdm
+    @property
+    def steps(self) -> int:
+        return batches_per_epoch(len(self.dataset), self.c.batch_size)
 
-        tqdm.write(text, file=sys.stderr)
-        with open(self.out / "train.log", "a") as fh:
-            fh.write(text + "\n")
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-    def epoch(self, row: dict) -> None:
-        path = self.out / "log.csv"
-        new = not path.is_file()
-        with open(path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        if self.tb is not None:
-            for key in ("loss", "lr", "val_miou", "factor"):
-                if row.get(key) not in (None, ""):
-                    self.tb.add_scalar(f"train/{key}", float(row[key]), int(row["epoch"]))
-            self.tb.flush()
+    def checkpoint(self, position: dict) -> None:
+        """Rank 0 writes ``last.pt``; the other ranks wait for it."""
+        if self.info.is_main:
+            save_state(Path(self.c.out) / CHECKPOINT, self.model, self.optimizer, self.scaler, position, self.run,
+                       self.meta)
+        barrier()
 
 
 def train_segmentation(c: SegTrainConfig) -> Path:
     """Train per ``c``; returns the path of the final ``model.pt``. Ctrl-C saves ``last.pt`` and raises
-    :class:`~orand_addon.runtime.Interrupted`; rerunning with ``resume=True`` continues exactly."""
-    out = Path(c.out)
+    :class:`~orand_addon.runtime.Interrupted`; rerunning with ``resume=True`` continues exactly. Launched by
+    torchrun, every rank calls this and they train one model with DDP (see the module docstring)."""
     schedule = check_config(c)
-    if (out / "last.pt").is_file() and not c.resume:
-        raise OrandError(f"{out}: already holds a training run (last.pt); pass --resume to continue it or "
-                         f"choose a new --out")
-    if c.resume and not (out / "last.pt").is_file():
-        raise OrandError(f"--resume: {out / 'last.pt'} not found")
-    device = resolve_device(c.device)
-    data = prepare_data(c, schedule)
+    rank_batch(c.batch_size, dist_info().world_size)
+    check_run_folder(Path(c.out), c.resume)
+    with process_group(c.device) as (info, device):
+        return _train(c, schedule, info, device)
+
+
+def _start(c: SegTrainConfig, schedule: Schedule, info: DistInfo, device: torch.device) -> tuple[_Training, dict]:
+    """Everything checked and built, the checkpoint restored; returns the run and its position."""
+    out = Path(c.out)
+    data = prepare_data(c, schedule, info, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # a few input sizes only (one per scale-schedule phase)
     seed_everything(c.seed)
-    net, optimizer, loss_fn, scaler = build_training(c, data, device)
+    model, optimizer, loss_fn, scaler = build_training(c, data, device)
     run = _run_record(c, data)
     meta = {"model": c.model, "num_classes": len(data.class_names), "class_names": data.class_names}
     position = {"epoch": 0, "batch": 0, "loss_sum": 0.0, "seconds": 0.0}
     if c.resume:
-        position = restore_state(out / "last.pt", net, optimizer, scaler, run)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({**asdict(c), **run}, indent=1, default=str))
-    log = RunLog(out)
+        position = restore_state(out / CHECKPOINT, model, optimizer, scaler, run)
+    log = open_log(out, info)
+    if info.is_main:
+        record = {**asdict(c), **run, "processes": info.world_size}
+        (out / "config.json").write_text(json.dumps(record, indent=1, default=str))
+    if info.enabled:
+        log.message(f"training on {info.world_size} processes, {rank_batch(c.batch_size, info.world_size)} images "
+                    f"each per step (global batch {c.batch_size})")
     dataset = TrainPairs(data.train_ids, c.images, data.masks, c.crop_size, tuple(c.scale_range), c.seed)
-    steps = batches_per_epoch(len(dataset), c.batch_size)
-    net.train()
+    job = _Training(c, info, device, wrap_ddp(model, device), model, optimizer, loss_fn, scaler, data, dataset,
+                    log, run, meta)
+    return job, position
+
+
+def _train(c: SegTrainConfig, schedule: Schedule, info: DistInfo, device: torch.device) -> Path:
+    out = Path(c.out)
+    job, position = _start(c, schedule, info, device)
+    job.model.train()
     try:
-        for epoch in range(position["epoch"], c.epochs):
-            _train_epoch(c, epoch, position, steps, net, optimizer, loss_fn, scaler, device, dataset, data, log)
-            save_state(out / "last.pt", net, optimizer, scaler, position, run, meta)
+        with StopRequest(repeat_interrupts=not info.enabled) as stop:
+            for epoch in range(position["epoch"], c.epochs):
+                stopped = _train_epoch(job, epoch, position, stop)
+                job.checkpoint(position)
+                if stopped:
+                    raise Interrupted(_interrupted(position, out))
     except KeyboardInterrupt:
-        save_state(out / "last.pt", net, optimizer, scaler, position, run, meta)
-        raise Interrupted(f"interrupted at epoch {position['epoch'] + 1}, step {position['batch']}; "
-                          f"{out / 'last.pt'} saved, rerun with --resume to continue") from None
-    final = out / "model.pt"
-    atomic_save({"model": net.state_dict(), "meta": meta, "run": run}, final)
-    log.close()
-    return final
+        if info.is_main:
+            save_state(out / CHECKPOINT, job.model, job.optimizer, job.scaler, position, job.run, job.meta)
+        raise Interrupted(_interrupted(position, out)) from None
+    finally:
+        job.log.close()
+    if info.is_main:
+        save_final(out / FINAL, job.model, job.run, job.meta)
+    barrier()
+    return out / FINAL
 
 
-def _train_epoch(c, epoch, position, steps, net, optimizer, loss_fn, scaler, device, dataset, data, log) -> None:
-    """Train one epoch from ``position['batch']``, updating ``position`` after every step (for Ctrl-C)."""
-    factor = factor_for_epoch(data.schedule, epoch)
+def _interrupted(position: dict, out: Path) -> str:
+    return (f"interrupted at epoch {position['epoch'] + 1}, step {position['batch']}; {out / CHECKPOINT} saved, "
+            f"rerun with --resume to continue")
+
+
+def _train_epoch(job: _Training, epoch: int, position: dict, stop: StopRequest) -> bool:
+    """Train one epoch from ``position['batch']``, updating ``position`` after every step, then validate and log
+    it; returns True when the ranks agreed to stop (Ctrl-C) after a step, leaving the epoch's end (even just its
+    validation) to the resumed run."""
+    c, info, device = job.c, job.info, job.device
+    factor = factor_for_epoch(job.data.schedule, epoch)
     if position["batch"] == 0:
-        log.message(describe_epoch(data.schedule, epoch, c.crop_size))
+        job.log.message(describe_epoch(job.data.schedule, epoch, c.crop_size))
     started = time.perf_counter() - position["seconds"]
-    bar = progress(total=steps, initial=position["batch"], desc=f"epoch {epoch + 1}/{c.epochs}",
-                   enabled=c.show_progress, unit="step")
-    lr = c.lr
+    bar = progress(total=job.steps, initial=position["batch"], desc=f"epoch {epoch + 1}/{c.epochs}",
+                   enabled=c.show_progress and info.is_main, unit="step")
+    total = c.epochs * job.steps
+    lr = poly_lr(c.lr, max(epoch * job.steps + position["batch"] - 1, 0), total, c.power)  # of the last step
     with bar:
-        for images, masks in make_loader(c, dataset, epoch, position["batch"], device.type == "cuda"):
+        loader = make_loader(c, job.dataset, epoch, position["batch"], device.type == "cuda", info.rank,
+                             info.world_size)
+        for images, masks in loader:
             images = images.to(device, non_blocking=True)
             masks = masks.to(device, non_blocking=True)
             images, masks = downsample_pair(images, masks, factor)
-            lr = set_lr(optimizer, c, epoch * steps + position["batch"], c.epochs * steps)
-            loss = train_step(net, images, masks, loss_fn, optimizer, scaler, device, c.precision)
+            lr = set_lr(job.optimizer, c, epoch * job.steps + position["batch"], total)
+            loss = train_step(job.net, images, masks, job.loss_fn, job.optimizer, job.scaler, device, c.precision,
+                              info)
             position.update(batch=position["batch"] + 1, loss_sum=position["loss_sum"] + loss,
                             seconds=time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
-    val = evaluate_model(net, data.val_ids, c.images, c.gt, device, c.precision) if data.val_ids else None
-    row = {"epoch": epoch + 1, "factor": factor, "input_px": max(1, c.crop_size // factor), "steps": steps,
-           "loss": f"{position['loss_sum'] / max(steps, 1):.6f}", "lr": f"{lr:.6g}",
+            if agree_to_stop(stop.requested, info, device):
+                return True
+    val = validate(job)
+    row = {"epoch": epoch + 1, "factor": factor, "input_px": max(1, c.crop_size // factor), "steps": job.steps,
+           "loss": f"{position['loss_sum'] / max(job.steps, 1):.6f}", "lr": f"{lr:.6g}",
            "val_miou": "" if val is None else f"{val:.6f}", "seconds": f"{time.perf_counter() - started:.2f}"}
-    log.epoch(row)
-    log.message(f"epoch {epoch + 1}: loss {row['loss']}" + ("" if val is None else f", val mIoU {100 * val:.2f}"))
+    job.log.epoch(row)
+    job.log.message(f"epoch {epoch + 1}: loss {row['loss']}" + ("" if val is None else f", val mIoU {100 * val:.2f}"))
     position.update(epoch=epoch + 1, batch=0, loss_sum=0.0, seconds=0.0)
+    return False
+
+
+def validate(job: _Training) -> float | None:
+    """Single-scale mIoU of the validation list (None without one); each rank scores its share with rank 0's
+    model and the confusion matrices are summed, so the result is the one-process mIoU."""
+    if not job.data.val_ids:
+        return None
+    info = job.info
+    sync_buffers(job.model)
+    mine = shard(job.data.val_ids, info.rank, info.world_size)
+    conf = validation_confusion(job.model, mine, job.c.images, job.c.gt, job.device, job.c.precision)
+    if info.enabled:
+        conf = np.rint(sum_across_ranks(conf.ravel().tolist(), job.device)).astype(np.int64).reshape(conf.shape)
+    return float(segmentation_scores(conf)["mean_iou"])
