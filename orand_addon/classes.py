@@ -123,21 +123,22 @@ def int_id(image_id: str) -> int | None:
 class ImageLabels:
     """Image-level labels: ``id -> sorted 0-based foreground class indices``.
 
-    Accepts dicts keyed by the string id or by its integer form, values multi-hot vectors.
+    Accepts dicts keyed by the string id or by its integer form, values multi-hot vectors (``indices=True``:
+    lists of class indices, the JSON convention).
 
     >>> labels = ImageLabels({2007000032: np.eye(20, dtype=np.float32)[[0, 14]].sum(0)}, num_foreground=20)
     >>> labels.get("2007_000032").tolist(), labels.get("2007_999999") is None
     ([0, 14], True)
     """
 
-    def __init__(self, table: Mapping, num_foreground: int, source: str = "<dict>"):
+    def __init__(self, table: Mapping, num_foreground: int, source: str = "<dict>", indices: bool = False):
         self.source = source
         self.num_foreground = num_foreground
         self._table: dict[object, np.ndarray] = {}
         for key, value in table.items():
             vec = np.asarray(value).reshape(-1)
-            if vec.dtype.kind in "iu" and vec.size != num_foreground:
-                classes = vec  # a list of class indices rather than a multi-hot vector
+            if indices:
+                classes = vec  # a list of class indices (the JSON convention)
             elif vec.size == num_foreground:
                 classes = np.flatnonzero(vec > 0.5)
             else:
@@ -145,6 +146,8 @@ class ImageLabels:
                     f"{source}: label of {key!r} has {vec.size} entries, expected {num_foreground} "
                     f"(multi-hot over the foreground classes)"
                 )
+            if classes.size and not np.all(np.equal(np.mod(classes, 1), 0)):
+                raise OrandError(f"{source}: label of {key!r} must list integer class indices")
             classes = np.unique(classes.astype(np.int64))
             if classes.size and (classes.min() < 0 or classes.max() >= num_foreground):
                 raise OrandError(f"{source}: label of {key!r} has class indices outside 0..{num_foreground - 1}")
@@ -174,7 +177,8 @@ class ImageLabels:
 
 
 def load_labels(path: str | Path | None, class_set: ClassSet) -> ImageLabels:
-    """Load image-level labels: ``cls_labels.npy`` (either key convention) or JSON ``{id: [class, ...]}``.
+    """Load image-level labels: ``cls_labels.npy`` (multi-hot, either key convention) or JSON ``{id: [class index,
+    ...]}`` (always indices, whatever the list's length).
 
     ``None`` means the bundled VOC labels (train_aug + val), valid only for the VOC class set.
     """
@@ -192,9 +196,9 @@ def load_labels(path: str | Path | None, class_set: ClassSet) -> ImageLabels:
             table = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise OrandError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        table = {k: np.asarray(v, dtype=np.int64) for k, v in table.items()}
-        # JSON lists are class indices; a list of exactly K 0/1 values is read as multi-hot.
-        return ImageLabels(table, class_set.num_foreground, source=str(path))
+        if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
+            raise OrandError(f"{path}: expected a JSON object {{id: [class index, ...]}}")
+        return ImageLabels(table, class_set.num_foreground, source=str(path), indices=True)
     obj = safe_load_npy(path)
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj.item()

@@ -11,7 +11,7 @@ import numpy as np
 from .classes import get_class_set, load_labels
 from .errors import OrandError
 from .io.formats import get_format
-from .io.sources import CamSource, cam_files, detect_format, load_cam_object, split_store_spec
+from .io.sources import CamSource, cam_files, detect_format, file_ids, load_cam_object, split_store_spec
 from .store import MASK_GROUPS, Store
 
 
@@ -42,7 +42,7 @@ def inspect_folder(path: Path, fmt: str, class_spec: str, labels_path: str | Non
     files = cam_files(path) if path.is_dir() else []
     if not files:
         raise OrandError(f"{path}: no .npy or .npz CAM files in this folder")
-    source_ids = [p.stem for p in files]
+    source_ids, _ = file_ids(files)
     if fmt == "auto":
         det = detect_format(files, source_ids, labels)
         if det.format:

@@ -107,12 +107,17 @@ class Store:
                 if self.path.exists() and not new:
                     reason += "; is it open in another process, or not an HDF5 file?"
                 raise StoreError(f"{self.path}: cannot open store for writing ({reason})") from None
-            if new or "layout_version" not in self.h5.attrs:
-                self._init_attrs(class_names)
-            self._remove_partial_writes()
         else:
             raise StoreError(f"unknown store mode {mode!r}; valid: r, a")
-        self._check_layout(class_names)
+        try:
+            if mode == "a":
+                if new or ("layout_version" not in self.h5.attrs and not len(self.h5) and not len(self.h5.attrs)):
+                    self._init_attrs(class_names)
+                self._remove_partial_writes()
+            self._check_layout(class_names)
+        except BaseException:
+            self.h5.close()  # never leave the file open (and locked) behind an error
+            raise
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def __enter__(self) -> "Store":

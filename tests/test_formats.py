@@ -121,3 +121,19 @@ def test_pseudo_cams_are_max_normalised():
     mask = gt_mask(voc_mini_ids()[0])
     maps = pseudo_cams(mask, gt_classes(mask), seed=0)
     assert np.allclose(maps.max(axis=(1, 2)), 1.0)
+
+
+def test_json_labels_are_always_class_indices(tmp_path):
+    import json
+
+    names = tmp_path / "classes.txt"
+    names.write_text("background\ncat\n")  # one foreground class: a list of length 1 == K
+    (tmp_path / "l.json").write_text(json.dumps({"img": [0], "none": []}))
+    labels = load_labels(tmp_path / "l.json", get_class_set(str(names)))
+    assert labels.get("img").tolist() == [0] and labels.get("none").tolist() == []
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    (tmp_path / "m.json").write_text(json.dumps({"img": [0, 1]}))
+    assert load_labels(tmp_path / "m.json", get_class_set(str(tmp_path / "two.txt"))).get("img").tolist() == [0, 1]
+    (tmp_path / "bad.json").write_text(json.dumps({"img": [5]}))
+    with pytest.raises(OrandError, match=r"bad.json: label of 'img' has class indices outside 0..1"):
+        load_labels(tmp_path / "bad.json", get_class_set(str(tmp_path / "two.txt")))

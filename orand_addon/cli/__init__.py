@@ -66,6 +66,24 @@ class OrandGroup(click.Group):
             raise CliError(f"{where}{exc.strerror or exc}", 1) from None
 
 
+def option_names(command: click.Command) -> dict[str, str]:
+    """``{config key: parameter name}`` of a command: each long flag without dashes (``cams-a`` and ``cams_a``).
+
+    >>> option_names(click.Command("x", params=[click.Option(["--classes", "class_spec"])]))
+    {'classes': 'class_spec'}
+    """
+    names: dict[str, str] = {}
+    for param in command.params:
+        if not isinstance(param, click.Option):
+            continue
+        for flag in param.opts + param.secondary_opts:
+            if flag.startswith("--"):
+                key = flag[2:]
+                if not key.startswith("no-") or flag in param.opts:
+                    names[key] = names[key.replace("-", "_")] = param.name
+    return names
+
+
 def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
     if not value:
         return
@@ -79,7 +97,15 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     unknown = sorted(set(data) - set(COMMANDS))
     if unknown:
         raise click.BadParameter(f"{path}: unknown sections {unknown}; valid: {', '.join(COMMANDS)}")
-    ctx.default_map = {cmd: {k.replace("-", "_"): v for k, v in opts.items()} for cmd, opts in data.items()}
+    defaults: dict[str, dict] = {}
+    for section, options in data.items():
+        names = option_names(ctx.command.get_command(ctx, section))
+        bad = sorted(k for k in options if k not in names)
+        if bad:
+            valid = ", ".join(sorted({k.replace("_", "-") for k in names}))
+            raise click.BadParameter(f"{path}: [{section}] has unknown options {bad}; valid: {valid}")
+        defaults[section] = {names[k]: v for k, v in options.items()}
+    ctx.default_map = defaults
 
 
 @click.group(cls=OrandGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

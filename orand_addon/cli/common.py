@@ -10,6 +10,9 @@ import click
 
 from ..runtime import DEVICE_HELP
 
+# the names of orand_addon.io.formats.CAM_FORMATS (kept literal so --help does not import numpy; a test checks it)
+FORMAT_CHOICES = ["auto", "irn", "amn", "orandnet", "mctformer", "crf-dict", "toco", "clip-es", "npz"]
+
 
 def device_option(f: Callable) -> Callable:
     return click.option("--device", default="auto", show_default=True, help=f"Where to compute: {DEVICE_HELP}.")(f)

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import class_options, echo_lines, progress_option, workers_option
+from .common import FORMAT_CHOICES, class_options, echo_lines, progress_option, workers_option
 
-FORMAT_CHOICES = ["auto", "irn", "amn", "orandnet", "mctformer", "crf-dict", "toco", "clip-es", "npz"]
 
 
 def _has_npy(pred: str) -> bool:

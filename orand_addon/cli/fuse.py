@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from .common import class_options, command_line, echo_lines, progress_option, workers_option
+from .common import FORMAT_CHOICES, class_options, command_line, echo_lines, progress_option, workers_option
 
 SOURCE_LETTERS = "abcd"
-FORMAT_CHOICES = ["auto", "irn", "amn", "orandnet", "mctformer", "crf-dict", "toco", "clip-es", "npz"]
 
 
 def _source_options(f):

@@ -33,6 +33,21 @@ def cam_files(folder: Path) -> list[Path]:
                   if p.suffix in (".npy", ".npz") and not p.name.startswith(".") and p.is_file())
 
 
+def file_ids(files: list[Path]) -> tuple[list[str], str]:
+    """Image ids of CAM files and the suffix dropped from them: the official ORANDNet code writes ``<id>_1.npy``,
+    so when every name ends in ``_1`` that suffix is not part of the id.
+
+    >>> file_ids([Path("2007_000032_1.npy"), Path("2007_000039_1.npy")])
+    (['2007_000032', '2007_000039'], '_1')
+    >>> file_ids([Path("2007_000032.npy"), Path("x_1.npy")])
+    (['2007_000032', 'x_1'], '')
+    """
+    stems = [p.stem for p in files]
+    if stems and all(s.endswith("_1") for s in stems):
+        return [s[:-2] for s in stems], "_1"
+    return stems, ""
+
+
 def load_cam_object(path: Path) -> object:
     """The raw object of one CAM file (dict for pickled dumps and npz)."""
     if path.suffix == ".npz":
@@ -124,11 +139,7 @@ class CamSource(Mapping):
         files = cam_files(self.path)
         if not files:
             raise OrandError(f"{self.path}: no .npy or .npz CAM files in this folder")
-        stems = [p.stem for p in files]
-        self.stripped_suffix = ""
-        if all(s.endswith("_1") for s in stems):
-            stems = [s[:-2] for s in stems]
-            self.stripped_suffix = "_1"
+        stems, self.stripped_suffix = file_ids(files)
         self.files: dict[str, Path] = dict(zip(stems, files))
         if format == "auto":
             det = detect_format(files, stems, labels)
@@ -167,6 +178,15 @@ class CamSource(Mapping):
     def describe(self) -> str:
         return f"{self.path} ({self.format}, {len(self)} files)"
 
+    def close(self) -> None:
+        """Nothing to release (files are opened per lookup); here so every source can be closed alike."""
+
+    def __enter__(self) -> "CamSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class StoreCamSource(Mapping):
     """``id -> CamRecord`` over one kind of an orand-addon HDF5 store (``STORE.h5:KIND``)."""
@@ -198,6 +218,16 @@ class StoreCamSource(Mapping):
 
     def describe(self) -> str:
         return f"{self.path}:{self.kind} (h5, {len(self)} maps)"
+
+    def close(self) -> None:
+        """Close the store (a source opened on a store keeps it open, read-only, until then)."""
+        self.store.close()
+
+    def __enter__(self) -> "StoreCamSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def split_store_spec(spec: str | Path) -> tuple[Path, str] | None:

@@ -28,7 +28,7 @@ class SizeSpec:
 
 
 SIZES: dict[str, SizeSpec] = {
-    "ci": SizeSpec(height=64, width=80, n_train=48, n_val=16, cnn_epochs=2, vit_epochs=2),
+    "ci": SizeSpec(height=64, width=80, n_train=300, n_val=60, cnn_epochs=8, vit_epochs=8),
     "default": SizeSpec(height=64, width=80, n_train=1000, n_val=200, cnn_epochs=15, vit_epochs=15),
     "large": SizeSpec(height=128, width=160, n_train=5000, n_val=1000, cnn_epochs=30, vit_epochs=30),
 }

@@ -1,0 +1,171 @@
+"""One entry point for the benchmarks: quality (the demo's table, fixed seeds), the ORANDNet loss comparison, and
+the speed benchmark of every stage; writes one JSON and compares it with a committed baseline.
+
+    python benchmarks/run.py --size ci --baseline benchmarks/baseline_ci.json         # what CI runs (via pytest)
+    python benchmarks/run.py --size default --losses official,bg-softmax,bce --speed full
+
+Quality numbers are percent (mIoU, precision, recall). ``--baseline F --tolerance X`` exits 1 and names every
+quality number that fell more than X points below the baseline (speed is recorded, never gated: CI machines are
+shared). ``--write-baseline F`` stores this run's quality numbers as the new baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# speed benchmarks: (script, arguments for a quick run, arguments for the full run)
+SPEED = {
+    "fuse": ("bench_fuse.py", ["--n", "100"], []),
+    "evaluate": ("bench_evaluate.py", ["--n", "500", "--n-small", "100", "--files", "50"], []),
+    "random_walk": ("bench_random_walk.py", ["--repeats", "1"], []),
+    "seeds": ("bench_seeds.py", ["--n", "11"], []),
+    "orandnet": ("bench_orandnet.py", ["--height", "96", "--width", "128", "--repeats", "1"], []),
+    "seg": ("bench_seg.py", ["--models", "deeplabv2-resnet18-os16", "--crop", "97", "--batch", "2",
+                             "--segment-images", "2"], []),
+}
+
+
+def quality_metrics(record: dict) -> dict[str, float]:
+    """Flat ``{"<row> <metric>": value}`` of a demo record, the numbers the baseline gate compares.
+
+    >>> quality_metrics({"rows": [{"row": "OR", "mIoU": 40.0, "precision": 50.0, "recall": 60.0}], "deeplab": []})
+    {'OR mIoU': 40.0, 'OR precision': 50.0, 'OR recall': 60.0}
+    """
+    out = {}
+    for row in record.get("rows", []) + record.get("deeplab", []) + record.get("losses", []):
+        for metric in ("mIoU", "precision", "recall"):
+            if metric in row and row[metric] == row[metric]:  # skip NaN
+                out[f"{row['row']} {metric}"] = round(float(row[metric]), 2)
+    return out
+
+
+def regressions(current: dict[str, float], baseline: dict[str, float], tolerance: float) -> list[str]:
+    """Metrics more than ``tolerance`` points below the baseline, or missing from this run.
+
+    >>> regressions({"a": 40.0, "b": 10.0}, {"a": 41.0, "b": 12.5, "c": 3.0}, 2.0)
+    ['b: 10.00 < baseline 12.50 - 2.0', 'c: missing (baseline 3.00)']
+    """
+    out = []
+    for name, base in baseline.items():
+        if name not in current:
+            out.append(f"{name}: missing (baseline {base:.2f})")
+        elif current[name] < base - tolerance:
+            out.append(f"{name}: {current[name]:.2f} < baseline {base:.2f} - {tolerance}")
+    return out
+
+
+def loss_rows(workdir: Path, size: str, losses: list[str], seed: int) -> list[dict]:
+    """ORANDNet trained with each loss on the demo's fused store (same plan), scored like the demo's rows."""
+    from orand_addon.demo import SWEEP, plan_for
+    from orand_addon.metrics.evaluate import evaluate
+    from orand_addon.orandnet import PredictConfig, TrainConfig, predict_orandnet, train_orandnet
+    from orand_addon.synthetic import load_dataset
+
+    plan = plan_for(size)
+    info = load_dataset(workdir / "data")
+    rows = []
+    for loss in losses:
+        store = workdir / f"loss_{loss}.h5"
+        run_dir = workdir / "runs" / f"orandnet_{loss}"
+        shutil.copy(workdir / "fused.h5", store)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        start = time.perf_counter()
+        config = TrainConfig(iterations=plan.orandnet_iterations, lr=1e-2, loss=loss, pretrained="none",
+                             arch="fcn8s-same", width_div=plan.orandnet_width_div, seed=seed, progress=False,
+                             checkpoint_every=plan.orandnet_iterations)
+        ckpt = train_orandnet(store, run_dir, config, echo=lambda _: None)
+        predict_orandnet(store, ckpt, PredictConfig(progress=False, overwrite=True), echo=lambda _: None)
+        result = evaluate(f"{store}:orandnet", info.masks, ids=list(info.train_ids), sweep=SWEEP,
+                          classes=str(info.classes_path))
+        s = result.scores[result.best]
+        rows.append({"row": f"ORANDNet loss={loss}", "best_thres": result.best_threshold,
+                     "mIoU": 100 * s["mean_iou"], "precision": 100 * s["mean_precision"],
+                     "recall": 100 * s["mean_recall"], "seconds": round(time.perf_counter() - start, 1)})
+        store.unlink()
+    return rows
+
+
+def run_speed(mode: str, outdir: Path) -> dict:
+    results = {}
+    for name, (script, quick, full) in SPEED.items():
+        out = outdir / f"{name}.json"
+        args = quick if mode == "quick" else full
+        flag = "--out" if name in ("evaluate", "seg") else "--json"
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(HERE / script), *args, flag, str(out)], capture_output=True,
+                              text=True)
+        entry = {"seconds": round(time.perf_counter() - start, 1), "returncode": proc.returncode}
+        if proc.returncode == 0 and out.is_file():
+            entry["result"] = json.loads(out.read_text())
+        else:
+            entry["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        results[name] = entry
+        print(f"speed {name}: {'ok' if proc.returncode == 0 else 'FAILED: ' + entry['error']} ({entry['seconds']} s)")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", default="ci", help="demo size: ci, default, large (default: ci)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the run here (default: a temp dir)")
+    parser.add_argument("--losses", default="", help="also compare ORANDNet losses, e.g. official,bg-softmax,bce")
+    parser.add_argument("--speed", choices=["none", "quick", "full"], default="none")
+    parser.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/summary_<size>.json")
+    parser.add_argument("--baseline", type=Path, default=None)
+    parser.add_argument("--tolerance", type=float, default=2.0, help="points of mIoU/precision/recall (default 2)")
+    parser.add_argument("--write-baseline", type=Path, default=None)
+    args = parser.parse_args()
+
+    from orand_addon.demo import run_demo
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="orand_bench_"))
+    try:
+        start = time.perf_counter()
+        demo = run_demo(workdir, size=args.size, seed=args.seed, device="cpu", progress=False,
+                        echo=lambda line: print(line, flush=True))
+        record = {"size": args.size, "seed": args.seed, "demo_seconds": round(time.perf_counter() - start, 1),
+                  "timings_s": demo.timings, "rows": demo.rows, "deeplab": demo.seg_rows}
+        if args.losses:
+            record["losses"] = loss_rows(workdir, args.size, [x for x in args.losses.split(",") if x], args.seed)
+            for row in record["losses"]:
+                print(f"{row['row']:28s} best thr {row['best_thres']:.2f}  mIoU {row['mIoU']:.1f}  "
+                      f"prec {row['precision']:.1f}  rec {row['recall']:.1f}  ({row['seconds']} s)")
+        if args.speed != "none":
+            record["speed"] = run_speed(args.speed, workdir / "speed")
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    record["quality"] = quality_metrics(record)
+    out = args.json or HERE / "results" / f"summary_{args.size.split(',')[0]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}")
+    if args.write_baseline:
+        args.write_baseline.write_text(json.dumps({"size": args.size, "seed": args.seed, "tolerance": args.tolerance,
+                                                   "quality": record["quality"]}, indent=2) + "\n")
+        print(f"wrote baseline {args.write_baseline}")
+    if args.baseline:
+        baseline = json.loads(args.baseline.read_text())
+        failed = regressions(record["quality"], baseline["quality"], args.tolerance)
+        if failed:
+            print(f"REGRESSION against {args.baseline} (tolerance {args.tolerance} points):")
+            for line in failed:
+                print(f"  {line}")
+            return 1
+        print(f"no regression against {args.baseline} ({len(baseline['quality'])} numbers, "
+              f"tolerance {args.tolerance} points)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

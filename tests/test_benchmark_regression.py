@@ -1,0 +1,48 @@
+"""The CI regression benchmark: the demo at size ``ci`` (fixed seeds) against the committed baseline.
+
+Runs ``benchmarks/run.py --size ci --baseline benchmarks/baseline_ci.json`` as a user would; it exits 1 and names
+every quality number (mIoU / precision / recall of each stage, percent) that fell more than the tolerance below
+the baseline. Refresh the baseline deliberately with ``--write-baseline benchmarks/baseline_ci.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run import quality_metrics, regressions  # noqa: E402
+
+
+@pytest.mark.slow
+def test_ci_sized_demo_has_no_quality_regression(tmp_path):
+    out = tmp_path / "summary.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--size", "ci", "--json", str(out),
+                           "--baseline", str(ROOT / "benchmarks" / "baseline_ci.json"), "--tolerance", "2"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "no regression against" in proc.stdout
+    record = json.loads(out.read_text())
+    baseline = json.loads((ROOT / "benchmarks" / "baseline_ci.json").read_text())["quality"]
+    assert set(baseline) <= set(record["quality"])
+    # the rows the paper's Table 1 has, each scored
+    rows = [r["row"] for r in record["rows"]]
+    assert rows[:7] == ["CNN CAM (AMN dump)", "ViT CAM (MCTformer dump)", "naive mean", "OR", "AND", "ORANDNet",
+                        "ORANDNet + IRN"]
+    assert len(record["deeplab"]) == 2
+
+
+def test_gate_names_the_metrics_that_fell():
+    record = {"rows": [{"row": "OR", "mIoU": 38.0, "precision": 50.0, "recall": 61.0}],
+              "deeplab": [{"row": "DeepLab", "mIoU": 9.0, "precision": 20.0, "recall": 30.0}]}
+    current = quality_metrics(record)
+    baseline = {"OR mIoU": 40.5, "OR precision": 50.0, "DeepLab mIoU": 9.5, "AND mIoU": 30.0}
+    assert regressions(current, baseline, 2.0) == ["OR mIoU: 38.00 < baseline 40.50 - 2.0",
+                                                   "AND mIoU: missing (baseline 30.00)"]
+    assert regressions(current, {"OR mIoU": 39.9}, 2.0) == []

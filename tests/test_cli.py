@@ -1,0 +1,60 @@
+"""The command line as a whole: --config files, --help of every command, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from helpers import voc_mini_ids, write_voc_mini_cams
+from orand_addon.cli import COMMANDS, cli
+from orand_addon.store import Store
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_has_help_with_examples(command):
+    res = run(command, "--help")
+    assert res.exit_code == 0, res.output
+    assert "Usage: cli " + command in res.output or f"Usage: orand-addon {command}" in res.output
+    assert "Example" in res.output
+
+
+def test_config_file_sets_defaults_by_flag_name(tmp_path):
+    ids = voc_mini_ids()[:2]
+    write_voc_mini_cams(tmp_path / "a", "amn", seed=1, ids=ids)
+    write_voc_mini_cams(tmp_path / "b", "mctformer", seed=2, ids=ids)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[fuse]\ncams-a = "{tmp_path / "a"}"\ncams_b = "{tmp_path / "b"}"\nkinds = "and"\n'
+                      f'fusion-norm = "none"\nprogress = false\ndtype = "float32"\n')
+    res = run("--config", config, "fuse", "--out", tmp_path / "x.h5")
+    assert res.exit_code == 0, res.output
+    with Store(tmp_path / "x.h5") as s:
+        assert s.kinds() == ["and"]
+        assert s.group_provenance("and")["parameters"]["normalize"] is False
+        assert s.h5["and"][ids[0]].dtype.name == "float32"
+    res = run("--config", config, "fuse", "--out", tmp_path / "y.h5", "--kinds", "or")  # the command line wins
+    assert res.exit_code == 0, res.output
+    with Store(tmp_path / "y.h5") as s:
+        assert s.kinds() == ["or"]
+
+
+def test_config_file_errors_are_one_line(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[evaluate]\nclases = "coco"\n')
+    res = run("--config", config, "evaluate", "--help")
+    assert res.exit_code == 2
+    assert "[evaluate] has unknown options ['clases']" in res.output
+    config.write_text('[fusee]\nout = "x"\n')
+    assert "unknown sections ['fusee']" in run("--config", config, "fuse", "--help").output
+    config.write_text('[fuse\n')
+    assert "not valid TOML" in run("--config", config, "fuse", "--help").output
+
+
+def test_format_choices_are_the_reader_registry():
+    from orand_addon.cli.common import FORMAT_CHOICES
+    from orand_addon.io.formats import CAM_FORMATS
+
+    assert FORMAT_CHOICES == ["auto", *CAM_FORMATS]
