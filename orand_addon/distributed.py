@@ -28,9 +28,12 @@ divided by the world size; iterations, the lr schedule and checkpoint intervals 
 averages gradients over ranks, so the one-process reference averages the losses of the same samples (gradient
 accumulation, each loss divided by their number); randomness that must not depend on the rank (dropout,
 augmentation) is seeded per *sample*, not per process (:func:`orand_addon.orandnet.data.sample_seed`); the
-checkpoint records the global batch and a resume refuses another one. Ctrl-C: ``StopRequest(repeat_interrupts=
-False)`` (torchrun forwards the terminal's Ctrl-C a second time) and ``sum_across_ranks([float(stop.requested)],
-device)`` every step, so all ranks stop after the same step (see :func:`orand_addon.orandnet.train._train`).
+checkpoint records the global batch and a resume refuses another one; a global batch that does not split evenly
+over the ranks is refused (:func:`rank_batch`). Ctrl-C: :class:`~orand_addon.runtime.StopRequest`
+``(repeat_interrupts=False)`` (torchrun forwards the terminal's Ctrl-C a second time) and :func:`any_rank`
+``(stop.requested, ...)`` after every step, so all ranks stop after the same step. Buffers that every rank updates
+from its own samples (BatchNorm statistics without SyncBatchNorm, on CPUs) are averaged after each optimizer step
+(:func:`average_running_stats`), as one process over the global batch would update them.
 
 **Per-image stages** (``fuse``, ``predict``, ``refine``'s seeds and walk; later segment) need no process group at all: rank ``r``
 of ``w`` (from ``RANK``/``WORLD_SIZE``) writes its own shard store, and ``orand-addon merge --from-shards OUT``
@@ -393,3 +396,74 @@ def main_only(echo: Callable[[str], None], info: DistInfo) -> Callable[[str], No
 
 def _silent(_: str) -> None:
     return None
+
+
+def any_rank(flag: bool, info: DistInfo, device: "torch.device") -> bool:
+    """Whether ``flag`` is set on some rank (Ctrl-C: every rank stops after the same step); ``flag`` itself without a
+    process group.
+
+    >>> import torch
+    >>> any_rank(True, DistInfo(), torch.device("cpu")), any_rank(False, DistInfo(), torch.device("cpu"))
+    (True, False)
+    """
+    if not info.enabled or not _initialized():
+        return bool(flag)
+    return sum_across_ranks([float(flag)], device)[0] > 0
+
+
+def rank_batch(batch_size: int, world_size: int) -> int:
+    """Samples per rank and step: the global ``--batch-size`` divided by the number of processes; a one-line error
+    with the nearest valid sizes when it does not divide.
+
+    >>> rank_batch(10, 2)
+    5
+    >>> rank_batch(10, 4)
+    Traceback (most recent call last):
+    ...
+    orand_addon.errors.OrandError: --batch-size 10 is the global batch and must be a multiple of the 4 processes (WORLD_SIZE=4); use --batch-size 8 or 12
+    """
+    if batch_size % world_size == 0:
+        return batch_size // world_size
+    low, high = batch_size // world_size * world_size, -(-batch_size // world_size) * world_size
+    choices = f"{low} or {high}" if low else f"{high}"
+    raise OrandError(f"--batch-size {batch_size} is the global batch and must be a multiple of the {world_size} "
+                     f"processes (WORLD_SIZE={world_size}); use --batch-size {choices}")
+
+
+def running_stats(model: "torch.nn.Module") -> list["torch.Tensor"]:
+    """Buffers each rank updates from its own samples: the running mean and variance of BatchNorm layers in
+    training mode that are not ``SyncBatchNorm`` (whose statistics are global already), and the buffers a module
+    names in its ``rank_local_buffers`` attribute (e.g. IRN's ``MeanShift`` running mean).
+
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    >>> len(running_stats(net.train())), len(running_stats(net.eval()))
+    (2, 0)
+    """
+    import torch.nn as nn
+
+    found: list[torch.Tensor] = []
+    for module in model.modules():
+        found += [getattr(module, name) for name in getattr(module, "rank_local_buffers", ())]
+        if (isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm)
+                and module.training and module.track_running_stats):
+            found += [module.running_mean, module.running_var]
+    return found
+
+
+def average_running_stats(model: "torch.nn.Module", info: DistInfo) -> None:
+    """Replace :func:`running_stats` by their mean over the ranks (one all-reduce), keeping all ranks equal: a
+    running mean updated per rank and averaged is the update of one process over the whole global batch (running
+    variances come close). Call after every optimizer step of a model wrapped with ``broadcast_buffers=False``;
+    a no-op without a process group or without such buffers."""
+    buffers = running_stats(model)
+    if not info.enabled or not buffers or not _initialized():
+        return
+    import torch
+    import torch.distributed as dist
+
+    flat = torch.cat([b.detach().reshape(-1).double() for b in buffers])
+    dist.all_reduce(flat)
+    flat /= info.world_size
+    for buffer, part in zip(buffers, flat.split([b.numel() for b in buffers])):
+        buffer.copy_(part.view_as(buffer))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +11,7 @@ from .errors import OrandError
 from .io.images import save_label_png
 from .io.resize import resize_maps
 from .masks import maps_to_mask, strided_size
-from .runtime import progress
+from .runtime import atomic_write, progress
 from .store import MASK_GROUPS, Store
 
 EXPORT_TARGETS = ("irn", "png", "lists")
@@ -32,10 +31,7 @@ def irn_record(maps: np.ndarray, keys: np.ndarray) -> dict:
 
 
 def _save_npy_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, obj, allow_pickle=True)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: np.save(fh, obj, allow_pickle=True), what="IRN .npy file")
 
 
 def export_kind(store_path: str | Path, kind: str, to: str, out: str | Path, ids: Sequence[str] | None = None,

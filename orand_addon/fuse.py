@@ -9,15 +9,12 @@ Under torchrun (``dist`` with ``world_size`` > 1) rank ``r`` fuses ``shard(ids, 
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import sys
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from .classes import ClassSet, ImageLabels
 from .distributed import DistInfo, shard, shard_path
@@ -28,7 +25,7 @@ from .io.images import image_size
 from .io.resize import resize_maps
 from .io.sources import read_cams
 from .merge import done_in_main, finish_shard, open_shard, start_shard
-from .runtime import Interrupted
+from .runtime import Interrupted, progress as progress_bar, worker_pool
 from .store import Store
 
 SOURCE_NAMES = "abcdefgh"
@@ -324,14 +321,11 @@ def run_fuse(
         done = {i for i in todo_all if i in done_main or all(store.has(g, i) for g in groups)}
         report.skipped_existing = len(done)
         todo = [i for i in todo_all if i not in done]
-        bar = tqdm(total=len(todo), desc="fuse", unit="img", disable=not progress or not dist.is_main,
-                   file=sys.stderr)
+        bar = progress_bar(total=len(todo), desc="fuse", unit="img", enabled=progress and dist.is_main)
         pool = None
         try:
             if workers > 1 and len(todo) > 1:
-                # Not "fork": torch's thread pool in this process would deadlock forked children.
-                ctx = mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
-                pool = ctx.Pool(workers, initializer=_init_worker, initargs=(job,))
+                pool = worker_pool(workers, _init_worker, (job,))  # never forked; Ctrl-C is this process's
                 results: Iterator[tuple] = pool.imap(_process_in_worker, todo, chunksize=4)
             else:
                 sources_here = opened

@@ -2,12 +2,15 @@
 
 Pseudo-CAMs are derived from the official ground truth (blurred class masks with seeded noise and a spurious
 blob), so every test runs on real image sizes, real class combinations and real label PNGs, and the native
-dump layouts are written by :mod:`orand_addon.io.writers`.
+dump layouts are written by :mod:`orand_addon.io.writers`. :func:`ctrl_c_during` presses Ctrl-C in a command's
+process group, as a terminal does.
 """
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -127,3 +130,34 @@ def ref_mask(maps: np.ndarray, keys: np.ndarray, t: float) -> np.ndarray:
         out[higher] = key + 1
         best = np.where(higher, maps[k], best)
     return out
+
+
+CTRL_C_AFTER = """
+import os, signal, sys, time
+import importlib
+module, cls, method = sys.argv[1].rsplit(".", 2)
+owner = getattr(importlib.import_module(module), cls)
+real = getattr(owner, method)
+
+def pressed(*args, **kwargs):  # the first time: Ctrl-C in the terminal, i.e. SIGINT to the whole process group
+    if not os.environ.get("PRESSED"):
+        os.environ["PRESSED"] = "1"
+        try:
+            os.killpg(0, signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            time.sleep(1)  # the worker processes got it too: give them time to show what they do with it
+            raise
+    return real(*args, **kwargs)
+
+setattr(owner, method, pressed)
+from orand_addon.cli import main
+main(sys.argv[2:])
+"""
+
+
+def ctrl_c_during(hook: str, *args) -> subprocess.CompletedProcess:
+    """Run ``orand-addon ARGS`` in its own process group and press Ctrl-C (SIGINT to the group, as a terminal does)
+    the first time the main process calls ``hook`` (``module.Class.method``)."""
+    return subprocess.run([sys.executable, "-c", CTRL_C_AFTER, hook, *[str(a) for a in args]], capture_output=True,
+                          text=True, timeout=120, start_new_session=True)

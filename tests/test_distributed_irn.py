@@ -143,8 +143,8 @@ def test_ddp_training_takes_the_steps_of_one_process_with_the_same_global_batch(
     assert run("merge", "--from-shards", store, "--no-progress").exit_code == 0
     assert_same_store(reference, store, ignore=("command",))
 
-    # one process continues the run folder of two (same global batch), and refuses another global batch
-    args = ["refine", "--store", seeded, "--kind", "or", "--images", root / "img", "--steps", "train", "--run-dir",
+    # one process continues the run folder of two (same global batch and inputs), and refuses another global batch
+    args = ["refine", "--store", store, "--kind", "or", "--images", root / "img", "--steps", "train", "--run-dir",
             out, "--pretrained", root / "r50.pth", *TRAIN]
     assert "already trained (2 steps); skipped" in run(*args).output
     res = run(*args, "--batch-size", 2)
@@ -210,7 +210,7 @@ def test_sharded_seeds_and_walk_with_a_killed_rank_merge_into_the_one_process_st
         for r in range(2):  # the rerun wrote exactly what was missing, nothing twice
             assert sorted(written(logs[1], r, group)) == sorted(final[r] - before[r]), (group, r)
     assert all(shard_complete(p) for p in shards)
-    assert (f"rank 1 of 2: walk: wrote 2 images (rw maps + masks), 1 already present") in res.stdout
+    assert ("rank 1 of 2: walk: wrote 2 images (rw maps + masks), 1 already present") in res.stdout
     assert f"rank 1 of 2: wrote {shards[1]}; when every rank is done: orand-addon merge --from-shards {sharded}" \
         in res.stdout
 
@@ -233,8 +233,8 @@ def test_torchrun_needs_a_merge_between_seeds_and_training(voc, monkeypatch):
     res = run("refine", "--store", seeded, "--kind", "or", "--images", root / "img", "--steps", "train",
               "--run-dir", root / "odd", "--pretrained", root / "r50.pth", *TRAIN[:4], "--batch-size", 3)
     assert res.exit_code == 2
-    assert res.output == ("orand-addon: error: --batch-size 3 (the global batch) does not split evenly over 2 "
-                          "processes; use a multiple of 2\n")
+    assert res.output == ("orand-addon: error: --batch-size 3 is the global batch and must be a multiple of the 2 "
+                          "processes (WORLD_SIZE=2); use --batch-size 2 or 4\n")
     assert not (root / "odd").exists()
 
 

@@ -73,6 +73,8 @@ def written(log_dir: Path, rank: int, kind: str) -> list[str]:
 
 
 def complete_ids(path: Path, groups: list[str]) -> set[str]:
+    if not path.exists():  # a rank torchrun stopped before it opened its shard has written nothing
+        return set()
     with Store(path) as s:
         return set.intersection(*[set(s.ids(g)) for g in groups])
 

@@ -304,3 +304,33 @@ def test_report_of_label_pngs_without_images(tmp_path):
                                                                     "index.html"]
     with Image.open(tmp_path / "rep" / "eval_examples.png") as im:  # one row: pseudo-mask | ground truth
         assert im.size[0] < im.size[1] * 3
+
+
+def test_ctrl_c_with_worker_processes_is_one_line(tmp_path):
+    """A terminal's Ctrl-C reaches the worker processes too: they leave it to the main process (one line, no
+    traceback per worker)."""
+    from helpers import ctrl_c_during
+
+    res = ctrl_c_during("orand_addon.metrics.functional.ConfusionAccumulator.merge", "evaluate", "--pred", GT,
+                        "--gt", GT, "--workers", 2, "--no-progress")
+    assert res.returncode == 130, res.stderr
+    assert "Traceback" not in res.stderr and "KeyboardInterrupt" not in res.stderr, res.stderr
+    assert res.stderr == ("orand-addon: error: interrupted; an evaluation writes nothing until it has counted every "
+                          "image\n")
+
+
+def test_worker_processes_are_never_forked(data, monkeypatch):
+    from orand_addon import runtime
+    from orand_addon.metrics import evaluate as evaluate_module
+
+    _, store, _ = data
+    methods = []
+
+    def pool(*args, **kwargs):
+        made = runtime.worker_pool(*args, **kwargs)
+        methods.append(made._ctx.get_start_method())
+        return made
+
+    monkeypatch.setattr(evaluate_module, "worker_pool", pool)
+    two = evaluate(f"{store}:and", GT, sweep="0.1:0.3:0.1", workers=2)
+    assert methods in (["forkserver"], ["spawn"]) and two.num_images == 11

@@ -274,7 +274,7 @@ def test_workers_give_the_same_store(amn_mct):
 
 def test_store_as_source_and_orandnet_suffix(tmp_path):
     ids = voc_mini_ids()[:2]
-    a = write_voc_mini_cams(tmp_path / "ornd", "orandnet", seed=4, ids=ids)
+    write_voc_mini_cams(tmp_path / "ornd", "orandnet", seed=4, ids=ids)
     assert sorted(p.name for p in (tmp_path / "ornd").iterdir()) == [f"{i}_1.npy" for i in ids]
     write_voc_mini_cams(tmp_path / "mct", "mctformer", seed=5, ids=ids)
     assert run("fuse", "--cams-a", tmp_path / "ornd", "--cams-b", tmp_path / "mct", "--out", tmp_path / "s.h5",
@@ -296,3 +296,53 @@ def test_console_script_runs_as_a_user_would(amn_mct):
                            "--out", str(tmp / "x.h5")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"orand-addon: error: {tmp / 'nope'}: CAM folder not found"
+
+
+def test_a_foreign_hdf5_file_is_never_modified(amn_mct):
+    tmp, _, _ = amn_mct
+    foreign = tmp / "other.h5"
+    with h5py.File(foreign, "w") as f:
+        f["data"] = np.arange(3)
+    before = foreign.read_bytes()
+    res = run("fuse", "--cams-a", tmp / "amn", "--cams-b", tmp / "mct", "--out", foreign, "--no-progress")
+    assert res.exit_code == 2
+    assert "other.h5: not an orand-addon store (no layout_version attribute)" in res.output
+    assert foreign.read_bytes() == before
+
+
+def test_ctrl_c_with_worker_processes_is_one_line(amn_mct):
+    """A terminal's Ctrl-C reaches the worker processes too: they leave it to the main process, which stops with one
+    line (no traceback per worker) and keeps a store that resumes."""
+    from helpers import ctrl_c_during
+
+    tmp, _, _ = amn_mct
+    out = tmp / "w.h5"
+    res = ctrl_c_during("orand_addon.store.Store.write_maps", "fuse", "--cams-a", tmp / "amn", "--cams-b",
+                        tmp / "mct", "--out", out, "--workers", 2, "--no-progress")
+    assert res.returncode == 130, res.stderr
+    assert "Traceback" not in res.stderr and "KeyboardInterrupt" not in res.stderr, res.stderr
+    assert res.stderr.startswith("orand-addon: error: interrupted after 0 of 11 images;")
+    assert len(res.stderr.splitlines()) == 1
+    res = run("fuse", "--cams-a", tmp / "amn", "--cams-b", tmp / "mct", "--out", out, "--workers", 2, "--no-progress")
+    assert res.exit_code == 0 and "fused 11 images" in res.output
+
+
+def test_workers_come_from_the_shared_pool_and_progress_from_runtime(amn_mct, monkeypatch):
+    from orand_addon import runtime
+
+    tmp, _, _ = amn_mct
+    pools, bars = [], []
+
+    def pool(*args, **kwargs):
+        pools.append(args[0])
+        return runtime.worker_pool(*args, **kwargs)
+
+    def bar(*args, **kwargs):
+        bars.append(kwargs.get("desc"))
+        return runtime.progress(*args, **kwargs)
+
+    monkeypatch.setattr(fuse_module, "worker_pool", pool)
+    monkeypatch.setattr(fuse_module, "progress_bar", bar)
+    res = run("fuse", "--cams-a", tmp / "amn", "--cams-b", tmp / "mct", "--out", tmp / "w.h5", "--workers", 2,
+              "--no-progress")
+    assert res.exit_code == 0 and pools == [2] and bars == ["fuse"]

@@ -19,6 +19,7 @@ from orand_addon.cli import cli  # noqa: E402
 from orand_addon.io.images import load_image  # noqa: E402
 from orand_addon.irn import walk_step  # noqa: E402
 from orand_addon.irn.train import load_trained  # noqa: E402
+from orand_addon.runtime import file_digest  # noqa: E402
 from orand_addon.store import Store  # noqa: E402
 from test_irn_helpers import small_voc, write_store  # noqa: E402
 
@@ -158,3 +159,97 @@ def test_bad_inputs_name_the_problem(pipeline, tmp_path):
     assert res.exit_code == 2 and f"error: {ids[0]}: no image {ids[0]}.jpg/.png in {tmp_path}" in res.output
     with Store(copy) as s:  # the checks come before --overwrite deletes anything
         assert s.ids("rw") == ids and s.group_provenance("rw")["parameters"]["cam_power"] == 1.0
+
+
+def test_walk_after_retraining_refuses_the_masks_of_the_old_weights(pipeline, tmp_path):
+    tmp, store, data, _, _ = pipeline
+    copy, weights = tmp_path / "copy.h5", tmp_path / "irn.pt"
+    shutil.copy(store, copy)
+    shutil.copy(tmp / "fused_irn" / "irn.pt", weights)
+    walk = ["refine", "--store", copy, "--images", tmp / "img", "--steps", "walk", "--device", "cpu",
+            "--checkpoint", weights, "--no-progress"]
+    assert invoke(*walk, "--overwrite").exit_code == 0  # masks of the weights in this file
+    assert f"walk: wrote 0 images (rw maps + masks), {len(data)} already present" in invoke(*walk).output
+    with Store(copy, "a") as s:
+        del s.h5["masks"][sorted(data)[0]]  # an interrupted walk
+    retrained = torch.load(weights, weights_only=True)
+    retrained["step"] += 1
+    retrained["model"]["edge.5.bias"] += 0.5
+    torch.save(retrained, weights)  # IRN trained again into the same file
+    res = invoke(*walk)
+    assert res.exit_code == 2
+    assert res.output.startswith(f"orand-addon: error: {copy}: /rw was written by 'orand-addon ")  # the command line
+    assert res.output.endswith("' with other parameters (checkpoint_sha256 differ); use a new output file or "
+                               "--overwrite\n") and len(res.output.splitlines()) == 1
+    with Store(copy) as s:
+        assert len(s.ids("masks")) == len(data) - 1  # nothing mixed in
+    res = invoke(*walk, "--overwrite")
+    assert res.exit_code == 0 and f"walk: wrote {len(data)} images" in res.output, res.output
+    with Store(copy) as s:
+        assert s.group_provenance("rw")["parameters"]["checkpoint_sha256"] == file_digest(weights)
+
+
+def test_seeds_png_into_a_new_store_takes_the_class_set(tmp_path):
+    from orand_addon.classes import get_class_set
+    from orand_addon.io.images import save_label_png
+
+    data = small_voc(tmp_path / "img", factor=8)
+    (tmp_path / "png").mkdir()
+    for n, (image_id, (_, maps)) in enumerate(sorted(data.items())):
+        seed = np.zeros(maps.shape[1:], np.uint8)
+        seed[:4] = 255
+        seed[4:8] = 30 + n  # a COCO class beyond VOC's 20
+        save_label_png(tmp_path / "png" / f"{image_id}.png", seed)
+    store = tmp_path / "coco.h5"
+    res = invoke("refine", "--store", store, "--images", tmp_path / "img", "--steps", "seeds", "--seeds-png",
+                 tmp_path / "png", "--classes", "coco", "--no-progress")
+    assert res.exit_code == 0, res.output
+    with Store(store) as s:
+        assert s.class_names == list(get_class_set("coco").names)
+        assert int(s.read_mask("seeds", sorted(data)[1]).max()) == 255 and 31 in s.read_mask("seeds", sorted(data)[1])
+    res = invoke("refine", "--store", store, "--images", tmp_path / "img", "--steps", "seeds", "--seeds-png",
+                 tmp_path / "png", "--classes", "voc", "--no-progress")
+    assert res.exit_code == 2 and res.output.startswith(f"orand-addon: error: {store}: store has classes")
+    res = invoke("refine", "--store", tmp_path / "voc.h5", "--images", tmp_path / "img", "--steps", "seeds",
+                 "--seeds-png", tmp_path / "png", "--no-progress")  # VOC by default: 30 is no VOC class
+    assert res.exit_code == 2 and "seed PNG has values [30] outside 0..20 and 255" in res.output
+
+
+def test_one_process_steps_flush_the_store_every_64_ids_and_at_the_end(tmp_path, monkeypatch):
+    from orand_addon.irn.outputs import StepOutput
+
+    flushed = []
+    real = Store.flush
+    monkeypatch.setattr(Store, "flush", lambda self: (flushed.append(len(self.ids("seeds"))), real(self))[1])
+    with StepOutput(tmp_path / "s.h5") as out:
+        out.begin(["seeds"], "test", {}, False, [])
+        for n in range(130):
+            out.sink.write_mask("seeds", f"id{n:03d}", np.zeros((2, 2), np.uint8))
+            out.wrote()
+    assert flushed == [64, 128, 130]
+
+
+def test_a_crash_after_64_ids_leaves_a_readable_store(tmp_path):
+    """The real thing: a process killed (no cleanup) right after its 64th id keeps a store with those 64 ids."""
+    import os
+    import signal
+    import subprocess
+
+    script = f"""
+import os, signal
+import numpy as np
+from orand_addon.irn.outputs import StepOutput
+with StepOutput({str(tmp_path / 's.h5')!r}) as out:
+    out.begin(["seeds"], "test", {{}}, False, [])
+    for n in range(100):
+        out.sink.write_mask("seeds", f"id{{n:03d}}", np.full((8, 8), n % 21, np.uint8))
+        out.wrote()
+        if n == 63:
+            os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with Store(tmp_path / "s.h5") as s:
+        assert s.ids("seeds") == [f"id{n:03d}" for n in range(64)]
+        assert int(s.read_mask("seeds", "id063")[0, 0]) == 63 % 21

@@ -174,3 +174,51 @@ def test_bad_inputs_are_one_line_errors_and_nothing_is_written(tmp_path):
     store2 = write_store(tmp_path / "n.h5", "or", {ids[2]: nan[ids[2]]})
     with pytest.raises(OrandError, match=rf"^{ids[2]}: /or maps contain NaN or Inf$"):
         make_seeds(store2, "or", tmp_path / "img", workers=1, progress=False)
+
+
+def test_seeds_of_a_kind_written_again_are_refused_not_mixed(tmp_path, monkeypatch):
+    data = small_voc(tmp_path / "img", voc_mini_ids()[:3])
+    ids = sorted(data)
+    store = write_store(tmp_path / "s.h5", "or", data)
+    with Store(store, "a") as s:
+        s.begin(["or"], "orand-addon fuse", {"normalize": True})
+    no_crf = SeedOptions(crf=CrfParams(iterations=0))
+    make_seeds(store, "or", tmp_path / "img", ids=ids[:2], options=no_crf, workers=1, progress=False)
+    with Store(store) as s:
+        assert s.group_provenance("seeds")["parameters"]["kind_parameters"] == {"normalize": True}
+    with Store(store, "a") as s:  # the kind written again (fuse --overwrite with other settings)
+        s.begin(["or"], "orand-addon fuse --no-normalize", {"normalize": False}, force=True)
+        for image_id, (keys, maps) in data.items():
+            s.write_maps("or", image_id, maps * 0.5, keys, dtype="float32")
+    with pytest.raises(OrandError) as info:
+        make_seeds(store, "or", tmp_path / "img", options=no_crf, workers=1, progress=False)
+    assert str(info.value) == (f"{store}: /seeds was written by 'orand-addon refine --steps seeds' with other "
+                               f"parameters (kind_parameters differ); use a new output file or --overwrite")
+    with Store(store) as s:
+        assert s.ids("seeds") == ids[:2]  # nothing of the new maps mixed in
+    report = make_seeds(store, "or", tmp_path / "img", options=no_crf, workers=1, overwrite=True, progress=False)
+    assert report.written == 3
+    with Store(store) as s:
+        for image_id, (keys, maps) in data.items():
+            assert (s.read_mask("seeds", image_id) == irn_rule(maps * 0.5, keys)).all()
+
+
+def test_seed_workers_run_in_a_worker_pool_that_leaves_ctrl_c_to_this_process(tmp_path, monkeypatch):
+    from orand_addon.irn import seed_step
+    from orand_addon.runtime import worker_pool
+
+    data = small_voc(tmp_path / "img", voc_mini_ids()[:3])
+    store = write_store(tmp_path / "s.h5", "or", data)
+    made = []
+
+    def recording_pool(*args, **kwargs):
+        made.append(args)
+        return worker_pool(*args, **kwargs)
+
+    monkeypatch.setattr(seed_step, "worker_pool", recording_pool)
+    report = make_seeds(store, "or", tmp_path / "img", options=SeedOptions(crf=CrfParams(iterations=0)), workers=2,
+                        progress=False)
+    assert made == [(2,)] and report.written == 3
+    with Store(store) as s:
+        for image_id, (keys, maps) in data.items():
+            assert (s.read_mask("seeds", image_id) == irn_rule(maps, keys)).all()

@@ -212,3 +212,89 @@ def test_ctrl_c_during_a_step_is_held_until_the_step_ends():
         os.kill(os.getpid(), signal.SIGINT)
         for _ in range(100):
             time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def trained(seeded, tmp_path_factory):
+    """A finished run on a copy of the seeded store (so tests may rewrite its seeds)."""
+    import shutil
+
+    tmp, store, ids = seeded
+    own = tmp_path_factory.mktemp("trained")
+    shutil.copy(store, own / "s.h5")
+    result = train_irn(own / "s.h5", tmp / "img", own / "run", options=TINY, device="cpu", progress=False)
+    assert result.steps == 2
+    return tmp, own / "s.h5", own / "run", ids
+
+
+def test_a_finished_run_is_not_reused_for_other_ids_another_store_or_new_seeds(trained, tmp_path):
+    import shutil
+
+    tmp, store, run, ids = trained
+    hint = "use another --run-dir, or --no-resume to train again"
+    again = train_irn(store, tmp / "img", run, options=TINY, device="cpu", progress=False)
+    assert again.skipped and again.steps == 2
+    with pytest.raises(OrandError) as info:
+        train_irn(store, tmp / "img", run, ids=ids[:-1], options=TINY, device="cpu", progress=False)
+    assert str(info.value) == f"{run / 'irn.pt'} was trained on other inputs (other image ids); {hint}"
+    copy = tmp_path / "copy.h5"
+    shutil.copy(store, copy)
+    with pytest.raises(OrandError) as info:
+        train_irn(copy, tmp / "img", run, options=TINY, device="cpu", progress=False)
+    assert str(info.value) == (f"{run / 'irn.pt'} was trained on other inputs (store {store.resolve()} -> "
+                               f"{copy.resolve()}); {hint}")
+    make_seeds(store, "or", tmp / "img", options=SeedOptions(fg_thres=0.5, crf=CrfParams(iterations=0)), workers=1,
+               overwrite=True, progress=False)  # the same store, other seeds
+    with pytest.raises(OrandError) as info:
+        train_irn(store, tmp / "img", run, options=TINY, device="cpu", progress=False)
+    assert str(info.value) == (f"{run / 'irn.pt'} was trained on other inputs (seeds written with other "
+                               f"parameters); {hint}")
+    assert len(str(info.value).splitlines()) == 1
+    retrained = train_irn(store, tmp / "img", run, options=TINY, device="cpu", resume=False, progress=False)
+    assert not retrained.skipped  # --no-resume trains again on the new seeds
+    assert load_checkpoint(run / "irn.pt")["inputs"]["seeds"]["fg_thres"] == 0.5
+
+
+def test_an_interrupted_run_does_not_resume_on_other_inputs(seeded, tmp_path, monkeypatch):
+    tmp, store, ids = seeded
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train_step", ctrl_c)
+    with pytest.raises(Interrupted, match="interrupted at step 0/2"):
+        train_irn(store, tmp / "img", tmp_path / "r", options=TINY, device="cpu", progress=False)
+    monkeypatch.undo()
+    with pytest.raises(OrandError, match=r"^.*irn_last.pt was trained on other inputs \(other image ids\); use another "
+                                         r"--run-dir, or --no-resume to train again$"):
+        train_irn(store, tmp / "img", tmp_path / "r", ids=ids[1:], options=TINY, device="cpu", progress=False)
+
+
+def test_damaged_checkpoints_are_one_line_errors_naming_the_file(seeded, tmp_path):
+    tmp, store, ids = seeded
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save([1, 2, 3], run / "irn.pt")  # loads with weights_only, but is no IRN checkpoint
+    with pytest.raises(OrandError) as info:
+        train_irn(store, tmp / "img", run, options=TINY, device="cpu", progress=False)
+    assert str(info.value) == (f"{run / 'irn.pt'}: not an IRN training checkpoint (no options record); use another "
+                               f"--run-dir, or --no-resume to train again")
+    (run / "irn.pt").unlink()
+    from orand_addon.irn.train import run_inputs, save_state
+
+    model = build_model(TINY, torch.device("cpu"))
+    save_state(run / "irn_last.pt", model, build_optimizer(model, TINY), 1, 2, TINY, [], inputs=run_inputs(store, ids))
+    state = torch.load(run / "irn_last.pt", weights_only=True)
+    del state["model"]
+    torch.save(state, run / "irn_last.pt")
+    with pytest.raises(OrandError) as info:
+        train_irn(store, tmp / "img", run, options=TINY, device="cpu", progress=False)
+    assert str(info.value) == (f"{run / 'irn_last.pt'}: damaged IRN training state (KeyError: 'model'); use another "
+                               f"--run-dir, or --no-resume to train again")
+    state["model"] = {"edge.0.0.weight": torch.zeros(1)}
+    torch.save(state, run / "irn_last.pt")
+    with pytest.raises(OrandError, match=r"irn_last.pt: not weights of this IRN \(Error\(s\) in loading state_dict"):
+        train_irn(store, tmp / "img", run, options=TINY, device="cpu", progress=False)
+    torch.save({"model": [1]}, run / "walk.pt")
+    with pytest.raises(OrandError, match=r"walk.pt: not an IRN checkpoint \(no 'model' entry\)$"):
+        train_module.load_trained(run / "walk.pt", torch.device("cpu"))

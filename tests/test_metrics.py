@@ -6,7 +6,6 @@ masks, and compute the scores in plain Python from those counts, following DESIG
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from fractions import Fraction
 

@@ -76,7 +76,7 @@ def test_training_set_lists_ids_and_skips_images_without_classes(tiny, tmp_path)
     assert data.ids == voc_mini_ids()
     assert data.skipped_empty == [empty]
     assert data.notes() == [f"skipped 1 images with no classes (nothing to learn): {empty}"]
-    with pytest.raises(StoreError, match=f"no image with classes to train on \\(1 have none\\)"):
+    with pytest.raises(StoreError, match="no image with classes to train on \\(1 have none\\)"):
         training_set(store, ids=[empty])
 
 

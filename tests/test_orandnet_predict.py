@@ -44,13 +44,14 @@ def store_copy(trained, tmp_path):
     return tmp_path / "s.h5", ckpt, empty
 
 
-def reference_maps(model: torch.nn.Module, or_maps: np.ndarray) -> np.ndarray:
-    """One class map at a time, fp32, then ReLU and division by the map's own max (0 stays 0), in numpy."""
+def reference_maps(model: torch.nn.Module, or_maps: np.ndarray, activation: str = "relu") -> np.ndarray:
+    """One class map at a time, fp32, then ReLU (or the logistic function) and division by the map's own max
+    (0 stays 0), in numpy."""
     out = []
     with torch.no_grad():
         for m in or_maps:
             score = model.eval()(torch.from_numpy(m)[None, None])[0, 0].double().numpy()
-            score = np.maximum(score, 0)
+            score = 1 / (1 + np.exp(-score)) if activation == "sigmoid" else np.maximum(score, 0)
             out.append(score / score.max() if score.max() > 0 else score)
     return np.stack(out) if out else np.zeros((0, *or_maps.shape[1:]))
 
@@ -65,12 +66,14 @@ def test_predict_writes_relu_max_normalised_maps_with_the_keys_of_or(store_copy)
     with Store(store) as s:
         assert s.ids("orandnet") == s.ids("or")
         assert s.group_provenance("orandnet")["parameters"]["checkpoint"] == str(ckpt.resolve())
+        assert s.group_provenance("orandnet")["parameters"]["postprocess"] == "sigmoid, per-map max normalisation"
         nonzero = 0
         for image_id in s.ids("or"):
             or_maps, keys = s.read_maps("or", image_id)
             out, out_keys = s.read_maps("orandnet", image_id)
             assert out_keys.tolist() == keys.tolist() and out.shape == or_maps.shape
-            np.testing.assert_allclose(out, reference_maps(model, or_maps), atol=2e-5)
+            # trained with bg-softmax: the map is the probability against the background logit, sigmoid(score)
+            np.testing.assert_allclose(out, reference_maps(model, or_maps, "sigmoid"), atol=2e-5)
             assert (out >= 0).all()
             for m in out:
                 assert m.max() == pytest.approx(1.0, abs=1e-6) or m.max() == 0
@@ -180,3 +183,18 @@ def test_help_has_examples():
     assert res.exit_code == 0
     assert "orand-addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt" in res.output
     assert "--batch-size" in res.output
+
+
+def test_official_loss_checkpoint_predicts_relu_of_the_scores(tmp_path):
+    store = make_tiny_store(tmp_path)
+    res = run("train", "--store", store, "--out", tmp_path / "run", "--iterations", 1, "--loss", "official",
+              "--pretrained", "none", "--width-div", 8, *TINY_ARGS)
+    assert res.exit_code == 0, res.output
+    ckpt = tmp_path / "run" / "last.pt"
+    assert run("predict", "--store", store, "--checkpoint", ckpt, "--dtype", "float32", *TINY_ARGS).exit_code == 0
+    model, _ = load_orandnet(ckpt)
+    with Store(store) as s:
+        assert s.group_provenance("orandnet")["parameters"]["postprocess"] == "relu, per-map max normalisation"
+        image_id = s.ids("or")[0]
+        np.testing.assert_allclose(s.read_maps("orandnet", image_id)[0],
+                                   reference_maps(model, s.read_maps("or", image_id)[0], "relu"), atol=2e-5)

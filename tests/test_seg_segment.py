@@ -166,3 +166,60 @@ def test_help_has_examples(command):
     res = CliRunner().invoke(cli, [command, "--help"])
     assert res.exit_code == 0
     assert "Examples:" in res.output and f"orand-addon {command} --" in res.output
+
+
+def test_masks_of_a_retrained_checkpoint_are_not_mixed_with_the_old_ones(trained, tmp_path):
+    import shutil
+
+    tiny, final = trained
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(final, ckpt)
+    args = ["--checkpoint", ckpt, "--images", tiny["images"], "--ids", tiny["list"], "--out", tmp_path / "png",
+            "--store", tmp_path / "s.h5", "--scales", "1.0", "--no-flip"]
+    assert segment(*args).exit_code == 0
+    (tmp_path / "png" / f"{tiny['ids'][0]}.png").unlink()  # an interrupted run
+    retrained = torch.load(ckpt, weights_only=True)
+    retrained["model"] = {k: v * 1.01 if v.is_floating_point() else v for k, v in retrained["model"].items()}
+    torch.save(retrained, ckpt)  # train-seg again into the same run folder
+    res = segment(*args)
+    assert res.exit_code == 2
+    assert res.output == (f"orand-addon: error: {tmp_path / 'png'}: masks there were written with other parameters "
+                          f"(checkpoint_sha256 differ); use a new --out or --overwrite\n")
+    res = segment(*args[:6], *args[8:])  # the store alone
+    assert res.exit_code == 2 and "/seg was written by" in res.output and "(checkpoint_sha256 differ)" in res.output
+    res = segment(*args, "--overwrite")
+    assert res.exit_code == 0 and f"segmented {len(tiny['ids'])} images (0 already done)" in res.output, res.output
+
+
+def test_a_damaged_record_of_an_earlier_run_is_one_line(trained, tmp_path):
+    tiny, ckpt = trained
+    out = tmp_path / "png"
+    out.mkdir()
+    (out / "segment.json").write_text('{"parameters": {"scales": [1.0]')  # cut off mid-write by hand
+    res = segment("--checkpoint", ckpt, "--images", tiny["images"], "--ids", tiny["list"], "--out", out)
+    assert res.exit_code == 2
+    assert res.output.startswith(f"orand-addon: error: {out / 'segment.json'}: unreadable record of an earlier "
+                                 f"segment run (") and len(res.output.splitlines()) == 1
+    (out / "segment.json").write_text("[1, 2]")
+    res = segment("--checkpoint", ckpt, "--images", tiny["images"], "--ids", tiny["list"], "--out", out)
+    assert res.output == (f"orand-addon: error: {out / 'segment.json'}: not a record of an earlier segment run (no "
+                          f"parameters); delete it or use a new --out\n")
+    res = segment("--checkpoint", ckpt, "--images", tiny["images"], "--ids", tiny["list"], "--out", out, "--overwrite",
+                  "--scales", "1.0")
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "segment.json").read_text())["parameters"]["scales"] == [1.0]
+
+
+def test_one_process_store_is_flushed_every_64_masks_and_at_the_end(tmp_path, monkeypatch):
+    from orand_addon.seg.outputs import open_outputs
+    from orand_addon.distributed import DistInfo
+
+    flushed = []
+    real = Store.flush
+    monkeypatch.setattr(Store, "flush", lambda self: (flushed.append(len(self.ids("seg"))), real(self))[1])
+    with open_outputs(None, tmp_path / "s.h5", "seg", ["background", "cat"], {}, "test", False, DistInfo(), 70) as out:
+        for n in range(70):
+            out.write(f"id{n:02d}", np.zeros((2, 3), np.uint8))
+    assert flushed == [64, 70]
+    with Store(tmp_path / "s.h5") as store:
+        assert len(store.ids("seg")) == 70

@@ -227,3 +227,130 @@ def test_ctrl_c_finishes_the_step_and_resume_validates_the_epoch_it_ended(tiny, 
         assert torch.equal(a[key], b[key]), key
     assert [{k: r[k] for k in r if k != "seconds"} for r in read_log(straight)] == \
            [{k: r[k] for k in r if k != "seconds"} for r in read_log(resumed)]
+
+
+def same_weights(a, b) -> None:
+    wa = torch.load(a / "model.pt", weights_only=True)["model"]
+    wb = torch.load(b / "model.pt", weights_only=True)["model"]
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def test_a_second_ctrl_c_in_a_step_still_saves_a_consistent_checkpoint(tiny, tmp_path, monkeypatch):
+    """Two Ctrl-C right after the optimizer step: the step's position update must still happen before the save,
+    or the resumed run would take that step twice."""
+    import os
+    import signal
+
+    straight = tmp_path / "straight"
+    train_segmentation(config(tiny, straight, epochs=2))
+    calls = {"n": 0}
+    real_step = train_module.train_step
+
+    def two_ctrl_c_after_the_update(*args):
+        loss = real_step(*args)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    monkeypatch.setattr(train_module, "train_step", two_ctrl_c_after_the_update)
+    resumed = tmp_path / "resumed"
+    run = config(tiny, resumed, epochs=2)
+    with pytest.raises(Interrupted, match=r"interrupted at epoch 2, step 1; .*last.pt saved"):
+        train_segmentation(run)
+    saved = torch.load(resumed / "last.pt", weights_only=True)
+    assert (saved["position"]["epoch"], saved["position"]["batch"]) == (1, 1)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    train_segmentation(SegTrainConfig(**{**run.__dict__, "resume": True}))
+    same_weights(straight, resumed)
+    assert [r["loss"] for r in read_log(straight)] == [r["loss"] for r in read_log(resumed)]
+
+
+def test_ctrl_c_during_validation_stops_after_it(tiny, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    val = dict(val_list=str(tiny["list"]), gt=str(tiny["masks"]))
+    straight = tmp_path / "straight"
+    train_segmentation(config(tiny, straight, epochs=3, **val))
+    real = train_module.validation_confusion
+    calls = {"n": 0}
+
+    def ctrl_c_in_first_validation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "validation_confusion", ctrl_c_in_first_validation)
+    resumed = tmp_path / "resumed"
+    run = config(tiny, resumed, epochs=3, **val)
+    with pytest.raises(Interrupted, match=r"interrupted at epoch 2, step 0; .*last.pt saved, rerun with --resume"):
+        train_segmentation(run)
+    assert calls["n"] == 1 and len(read_log(resumed)) == 1  # epoch 1 validated and logged, epoch 2 not begun
+    monkeypatch.setattr(train_module, "validation_confusion", real)
+    train_segmentation(SegTrainConfig(**{**run.__dict__, "resume": True}))
+    same_weights(straight, resumed)
+    assert [r["val_miou"] for r in read_log(straight)] == [r["val_miou"] for r in read_log(resumed)]
+
+
+def test_resume_refuses_another_training_list_of_the_same_length(tiny, tmp_path):
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    first.write_text("\n".join(tiny["ids"][:5]) + "\n")
+    second.write_text("\n".join(tiny["ids"][5:]) + "\n")
+    out = tmp_path / "run"
+    with pytest.raises(OrandError):  # nothing to resume yet
+        train_segmentation(config(tiny, out, train_list=str(first), epochs=2, resume=True))
+    train_segmentation(config(tiny, out, train_list=str(first), epochs=1))
+    with pytest.raises(OrandError) as info:
+        train_segmentation(config(tiny, out, train_list=str(second), epochs=1, resume=True))
+    assert str(info.value) == (f"--resume: {out / 'last.pt'} was trained with other settings (train_ids differ); "
+                               f"use the original options or a new --out")
+
+
+def test_damaged_checkpoints_are_one_line_errors_naming_the_file(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    run = config(tiny, out, epochs=1)
+    train_segmentation(run)
+    good = torch.load(out / "last.pt", weights_only=True)
+    for damage in ({"optimizer": {"state": {}, "param_groups": []}}, {"model": {"head.weight": torch.zeros(1)}},
+                   {"rng": {"torch": torch.zeros(3)}}):
+        torch.save({**good, **damage}, out / "last.pt")
+        with pytest.raises(OrandError) as info:
+            train_segmentation(SegTrainConfig(**{**run.__dict__, "resume": True}))
+        text = str(info.value)
+        assert text.startswith(f"--resume: {out / 'last.pt'} is damaged (") and len(text.splitlines()) == 1, damage
+        assert text.endswith("); start a new --out")
+
+    from orand_addon.seg.infer import load_segmenter
+
+    for bad, reason in ((dict(good["meta"], model=None), "unknown model 'None'"),
+                        ({k: v for k, v in good["meta"].items() if k != "model"}, "its meta has no valid model")):
+        torch.save({**good, "meta": bad}, tmp_path / "bad.pt")
+        with pytest.raises(OrandError) as info:
+            load_segmenter(tmp_path / "bad.pt", torch.device("cpu"))
+        assert str(info.value).startswith(f"{tmp_path / 'bad.pt'}: ") and reason in str(info.value)
+    torch.save({**good, "meta": dict(good["meta"], num_classes=5)}, tmp_path / "bad.pt")
+    res = CliRunner().invoke(cli, ["segment", "--checkpoint", str(tmp_path / "bad.pt"), "--images",
+                                   str(tiny["images"]), "--ids", str(tiny["list"]), "--out", str(tmp_path / "seg")])
+    assert res.exit_code == 2
+    assert res.output.startswith(f"orand-addon: error: {tmp_path / 'bad.pt'}: the weights do not fit a "
+                                 f"deeplabv2-resnet18 with 5 classes (Error(s) in loading state_dict")
+    assert len(res.output.splitlines()) == 1
+
+
+def test_checkpoints_keep_the_gpu_rng_states_when_cuda_is_in_use(tmp_path, monkeypatch):
+    from orand_addon.seg.state import save_state
+
+    gpu_states = [torch.tensor([7, 7], dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: gpu_states)
+    net = torch.nn.Linear(2, 2)
+    save_state(tmp_path / "last.pt", net, torch.optim.SGD(net.parameters(), lr=0.1), None, {"epoch": 0, "batch": 1},
+               {}, {})
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)["rng"]
+    assert torch.equal(saved["torch"], torch.get_rng_state()) and [t.tolist() for t in saved["cuda"]] == [[7, 7]]

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import click
 
+from ..runtime import PRECISIONS
 from .common import command_line, device_option, echo_lines, progress_option, seed_option
-
-PRECISIONS = ["auto", "bf16", "fp16", "fp32"]
 
 
 def _seed_opts(f):
@@ -81,6 +80,9 @@ def _walk_opts(f):
               help="Take the seeds from <id>.png label files (0, 1..C, 255) instead of computing them.")
 @click.option("--ids", type=click.Path(), default=None,
               help="Only these ids: a list file or train/train_aug/val (default: every id of --kind / seeds).")
+@click.option("--classes", "class_spec", default=None,
+              help="Class set: voc, coco, or a text file with one class name per line. A store created by "
+                   "--seeds-png gets it (default voc); an existing store must have it (default: its own).")
 @_seed_opts
 @_train_opts
 @_walk_opts
@@ -115,7 +117,7 @@ def refine(**kw) -> None:
       orand-addon merge --from-shards fused.h5
     Training is DDP (--batch-size stays the global batch); seeds and walk write one shard per rank.
     """
-    from ..classes import read_id_list
+    from ..classes import get_class_set, read_id_list
     from ..distributed import dist_info
     from ..irn.refine import refine as run_refine
     from ..irn.seeds import CrfParams, SeedOptions
@@ -134,5 +136,6 @@ def refine(**kw) -> None:
         ids=read_id_list(kw["ids"]) if kw["ids"] else None, seed_options=seed_options, train_options=train_options,
         walk_options=walk_options, checkpoint=kw["checkpoint"], workers=kw["workers"], device=kw["device"],
         precision=kw["precision"], resume=kw["resume"], checkpoint_every=kw["checkpoint_every"],
-        overwrite=kw["overwrite"], progress=kw["progress"], command=command_line(), dist=dist_info())
+        overwrite=kw["overwrite"], progress=kw["progress"], command=command_line(), dist=dist_info(),
+        class_names=list(get_class_set(kw["class_spec"]).names) if kw["class_spec"] else None)
     echo_lines(report.lines())

@@ -8,6 +8,7 @@ import json
 import click
 
 from ..distributed import DistInfo
+from ..runtime import PRECISIONS
 from .common import command_line, device_option, echo_lines, progress_option, seed_option, workers_option
 
 # Kept in sync with orand_addon.seg.models.MODELS and seg.losses.LOSSES (a test checks it); listed here so that
@@ -15,7 +16,6 @@ from .common import command_line, device_option, echo_lines, progress_option, se
 MODEL_NAMES = ("deeplabv2-resnet101", "deeplabv2-resnet50", "deeplabv2-resnet34", "deeplabv2-resnet18",
                "deeplabv2-resnet18-os16", "deeplabv3-resnet101", "deeplabv3-resnet50")
 LOSS_NAMES = ("ce", "balanced-ls-ce")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def parse_floats(text: str, option: str, count: int | None = None) -> tuple[float, ...]:

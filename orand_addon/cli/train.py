@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..runtime import PRECISIONS
 from .common import device_option, progress_option, seed_option, workers_option
 
 LOSS_NAMES = ["official", "bg-softmax", "bce"]  # orand_addon.orandnet.losses.LOSSES (kept import-free for --help)
@@ -41,7 +42,7 @@ ARCH_NAMES = ["fcn8s", "fcn8s-same"]  # orand_addon.orandnet.model.ARCHS
               help="fcn8s: classic FCN-8s (pad 100, as the paper); fcn8s-same: pad to a multiple of 32, ~2x faster.")
 @click.option("--width-div", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Divide every VGG16 channel count by N (tiny smoke-test models; ImageNet weights need 1).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Autocast on a GPU (auto: bf16); the CPU always computes in fp32.")
 @device_option
 @workers_option

@@ -10,6 +10,20 @@ from PIL import Image
 from ..errors import OrandError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 (H, W, 3) -> float32 (H, W, 3): ``(x / 255 - mean) / std`` with ImageNet's mean and std (IRN's
+    ``TorchvisionNormalize``; padding a normalised image with 0 pads it with the mean colour).
+
+    >>> [round(float(v), 3) for v in imagenet_normalize(np.full((1, 1, 3), 255, np.uint8))[0, 0]]
+    [2.249, 2.429, 2.64]
+    """
+    mean = np.asarray(IMAGENET_MEAN, np.float32)
+    std = np.asarray(IMAGENET_STD, np.float32)
+    return (np.asarray(image).astype(np.float32) / np.float32(255.0) - mean) / std
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -80,9 +94,11 @@ def load_label_png(path: str | Path) -> np.ndarray:
 
 def save_label_png(path: str | Path, mask: np.ndarray) -> None:
     """Write a mask as a VOC palette PNG (atomically: temporary file, then rename)."""
-    path = Path(path)
+    from ..runtime import atomic_write
+
     img = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
-    img.putpalette(voc_palette().reshape(-1).tolist())
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    tmp.replace(path)
+    img.putpalette(_PALETTE)
+    atomic_write(path, lambda fh: img.save(fh, format="PNG"), what="label PNG")
+
+
+_PALETTE = voc_palette().reshape(-1).tolist()

@@ -6,7 +6,6 @@ Used by the synthetic benchmark (which starts from exactly what users have) and 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from ..errors import OrandError
 from ..masks import strided_size
+from ..runtime import atomic_write
 from .resize import resize_maps
 
 
@@ -76,17 +76,10 @@ def write_cam(folder: str | Path, image_id: str, fmt: str, keys: np.ndarray, map
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if fmt == "npz":
-        path = folder / f"{image_id}.npz"
-        tmp = folder / f".{image_id}.tmp.npz"
-        np.savez(tmp, keys=np.asarray(keys, np.int64), high_res=np.asarray(maps, np.float32))
-        os.replace(tmp, path)
-        return path
+        arrays = {"keys": np.asarray(keys, np.int64), "high_res": np.asarray(maps, np.float32)}
+        return atomic_write(folder / f"{image_id}.npz", lambda fh: np.savez(fh, **arrays), what="CAM file")
     if fmt not in WRITERS:
         raise OrandError(f"unknown CAM format {fmt!r}; valid: {', '.join(WRITERS)}, npz")
     obj = WRITERS[fmt](keys, maps)
     path = folder / f"{image_id}{'_1' if fmt == 'orandnet' else ''}.npy"
-    tmp = folder / f".{path.name}.tmp"
-    with open(tmp, "wb") as fh:
-        np.save(fh, obj, allow_pickle=True)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda fh: np.save(fh, obj, allow_pickle=True), what="CAM file")

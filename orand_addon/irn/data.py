@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from ..io.images import load_image
+from ..distributed import rank_batch
+from ..io.images import imagenet_normalize, load_image
 from ..store import Store
-from .network import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,6 @@ def crop_box(size: tuple[int, int], crop: int, rng: np.random.Generator) -> tupl
     return cont_top, cont_left, img_top, img_left, ch, cw
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    """RGB uint8 -> float32 ImageNet-normalised (H, W, 3)."""
-    return ((image.astype(np.float32) / 255.0 - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)).astype(np.float32)
-
-
 def make_crop(image: np.ndarray, seed: np.ndarray, spec: CropSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One training sample: float32 (3, c, c) image and int64 (⌈c/4⌉, ⌈c/4⌉) stride-4 seed.
 
@@ -75,7 +70,7 @@ def make_crop(image: np.ndarray, seed: np.ndarray, spec: CropSpec, rng: np.rando
     """
     lo, hi = spec.scale_range
     image, seed = rescale_pair(image, seed, float(rng.uniform(lo, hi)))
-    image = normalize(image)
+    image = imagenet_normalize(image)
     if rng.random() < 0.5:
         image, seed = image[:, ::-1], seed[:, ::-1]
     c = spec.crop_size
@@ -138,11 +133,9 @@ class StepSampler(Sampler):
 
     def __init__(self, n: int, batch_size: int, total_steps: int, seed: int = 0, start: int = 0, rank: int = 0,
                  world_size: int = 1):
-        if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} ranks")
         self.n, self.batch_size, self.total, self.seed, self.start = n, batch_size, total_steps, seed, start
         self.per_epoch = n // batch_size
-        self.per_rank = batch_size // world_size
+        self.per_rank = rank_batch(batch_size, world_size)
         self.offset = rank * self.per_rank
 
     def __len__(self) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from concurrent.futures import Executor, Future
+from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
@@ -50,6 +50,13 @@ def select_ids(store: Store, group: str, wanted: Sequence[str] | None, what: str
     return list(dict.fromkeys(wanted))
 
 
+def kind_parameters(store: Store, kind: str) -> dict | None:
+    """The parameters that wrote ``/kind`` (its provenance without the command line, which a rerun with the same
+    parameters rewrites); recorded with what a step makes from the kind, so that a kind written again with other
+    parameters is not mixed with results of the old one."""
+    return (store.group_provenance(kind) or {}).get("parameters")
+
+
 def check_images(images: str | Path, ids: Iterable[str], sizes: Callable[[str], tuple[int, int]], what: str) -> None:
     """Every id has an image in ``images`` whose (H, W) equals ``sizes(id)``; else one line naming the id."""
     folder = Path(images)
@@ -70,19 +77,20 @@ def check_finite(image_id: str, array: np.ndarray, what: str) -> None:
         raise OrandError(f"{image_id}: {what} contain NaN or Inf")
 
 
-def bounded_map(executor: Executor | None, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
-    """``map`` in order with at most ``window`` tasks in flight (the inputs are not all read at once).
+def bounded_map(pool: Pool | None, fn: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+    """``map`` in order over a worker pool (:func:`~orand_addon.runtime.worker_pool`; None: in this process) with at
+    most ``window`` tasks in flight, so the inputs are read as the workers need them, not all at once.
 
     >>> list(bounded_map(None, lambda x: x * 2, range(4), 2))
     [0, 2, 4, 6]
     """
-    if executor is None:
+    if pool is None:
         yield from map(fn, items)
         return
-    pending: deque[Future] = deque()
+    pending: deque[AsyncResult] = deque()
     for item in items:
-        pending.append(executor.submit(fn, item))
+        pending.append(pool.apply_async(fn, (item,)))
         if len(pending) >= window:
-            yield pending.popleft().result()
+            yield pending.popleft().get()
     while pending:
-        yield pending.popleft().result()
+        yield pending.popleft().get()

@@ -20,10 +20,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import OrandError
+from ..io.images import imagenet_normalize
 
 BACKBONE_MODES = ("frozen", "trainable")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _unit(cin: int, cout: int, groups: int, up: int = 1) -> nn.Sequential:
@@ -35,7 +34,12 @@ def _unit(cin: int, cout: int, groups: int, up: int = 1) -> nn.Sequential:
 
 
 class MeanShift(nn.Module):
-    """Tracks the running mean of its input while training (returns it unchanged); subtracts it at inference."""
+    """Tracks the running mean of its input while training (returns it unchanged); subtracts it at inference.
+
+    Under DDP each rank tracks its own crops: ``rank_local_buffers`` lets
+    :func:`~orand_addon.distributed.average_running_stats` average it over the ranks after every step."""
+
+    rank_local_buffers = ("running_mean",)
 
     def __init__(self, channels: int, momentum: float = 0.1):
         super().__init__()
@@ -134,11 +138,9 @@ def build_irnet(backbone: str = "frozen", pretrained_state: dict | None = None, 
 
 
 def normalize_image(image, device=None) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) numpy -> float (3, H, W) with ImageNet mean/std (IRN's ``TorchvisionNormalize``)."""
-    x = torch.tensor(image, device=device).permute(2, 0, 1).float() / 255.0  # a copy: PIL arrays are read-only
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
-    return (x - mean) / std
+    """RGB uint8 (H, W, 3) numpy -> float (3, H, W) on ``device`` with ImageNet mean/std
+    (:func:`~orand_addon.io.images.imagenet_normalize`, IRN's ``TorchvisionNormalize``)."""
+    return torch.from_numpy(imagenet_normalize(image)).to(device).permute(2, 0, 1)
 
 
 @torch.no_grad()

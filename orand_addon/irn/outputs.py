@@ -1,6 +1,8 @@
 """Where the per-image IRN steps (seeds, walk) read and write: the store itself, or this rank's shard of it.
 
-One process: the store is opened for writing (created when missing) and is both the source and the sink. Under
+One process: the store is opened for writing (created when missing, with ``class_names``: VOC when None) and is
+both the source and the sink; it is flushed every :data:`FLUSH_EVERY` ids and when the step ends, so a crash
+during hours of work leaves a readable store with all but the last few ids. Under
 torchrun (or any launcher that sets ``RANK``/``WORLD_SIZE``), rank ``r`` of ``w`` reads the store (read-only, no
 process group needed), takes ``shard(ids, r, w)`` and writes them into its own shard ``STEM.rank{r}-of-{w}.h5``
 (flushed after every id, so a killed rank keeps all it wrote); ``orand-addon merge --from-shards STORE`` then
@@ -27,29 +29,40 @@ from ..errors import StoreError
 from ..merge import done_ids, finish_shard, open_shard, start_shard
 from ..store import Store
 
+FLUSH_EVERY = 64  # ids between two flushes of a one-process store (as fuse and predict)
+
 
 class StepOutput:
-    """The source and sink stores of one process of a per-image step (a context manager that closes them)."""
+    """The source and sink stores of one process of a per-image step (a context manager that closes them).
 
-    def __init__(self, store_path: str | Path, dist: DistInfo = DistInfo()):
+    ``class_names``: the classes of a store created here, and that an existing store must have (None: any)."""
+
+    def __init__(self, store_path: str | Path, dist: DistInfo = DistInfo(),
+                 class_names: Sequence[str] | None = None):
         self.path = Path(store_path)
         self.dist = dist
+        self.class_names = list(class_names) if class_names is not None else None
         self._source: Store | None = None
         self._sink: Store | None = None
         self._planned = 0
+        self._unflushed = 0
 
     def __enter__(self) -> "StepOutput":
         if not self.dist.enabled:
-            self._source = self._sink = Store(self.path, mode="a")
+            self._source = self._sink = Store(self.path, mode="a", class_names=self.class_names)
         elif self.path.is_file():
-            self._source = Store(self.path)
+            self._source = Store(self.path, class_names=self.class_names)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._sink is not None and self._sink is not self._source:
-            self._sink.close()
-        if self._source is not None:
-            self._source.close()
+        try:
+            if self._sink is not None and self._unflushed and self._sink.h5.id.valid:
+                self._sink.flush()
+        finally:
+            if self._sink is not None and self._sink is not self._source:
+                self._sink.close()
+            if self._source is not None:
+                self._source.close()
 
     @property
     def source(self) -> Store:
@@ -81,7 +94,7 @@ class StepOutput:
         if self.dist.enabled:
             if self._source is not None:
                 in_main = done_ids(self._source, groups, parameters, overwrite)
-            names = self._source.class_names if self._source is not None else None
+            names = self._source.class_names if self._source is not None else self.class_names
             self._sink = open_shard(self.path, self.dist, names)
         self.sink.begin(groups, command, parameters, force=overwrite)
         self._planned = len(mine)
@@ -90,9 +103,12 @@ class StepOutput:
         return [i for i in mine if i not in in_main and not all(self.sink.has(g, i) for g in groups)]
 
     def wrote(self) -> None:
-        """After each id: a shard is flushed, so a killed rank keeps every id it wrote."""
-        if self.dist.enabled:
+        """After each id: a shard is flushed (a killed rank keeps every id it wrote), the store of one process every
+        :data:`FLUSH_EVERY` ids (a crash keeps it readable)."""
+        self._unflushed += 1
+        if self.dist.enabled or self._unflushed >= FLUSH_EVERY:
             self.sink.flush()
+            self._unflushed = 0
 
     def finish(self) -> None:
         """After the last id: a shard is marked complete (the merge checks it)."""

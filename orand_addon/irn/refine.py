@@ -92,14 +92,16 @@ def refine(store: str | Path, kind: str, images: str | Path, steps: str | Sequen
            walk_options: WalkOptions = WalkOptions(), checkpoint: str | Path | None = None,
            workers: int | None = None, device: str = "auto", precision: str = "auto", resume: bool = True,
            checkpoint_every: int = 100, overwrite: bool = False, progress: bool = True,
-           command: str = "orand-addon refine", dist: DistInfo = DistInfo()) -> RefineReport:
+           command: str = "orand-addon refine", dist: DistInfo = DistInfo(),
+           class_names: Sequence[str] | None = None) -> RefineReport:
     """Run the IRN steps on ``store``: ``/seeds`` from the ``kind`` maps (or ``seeds_png``), IRN weights in
     ``run_dir`` (default :func:`default_run_dir`), then kind ``rw`` and ``/masks``.
 
     ``workers``: CRF processes for the seeds (default every CPU core) and data-loader workers for training
     (default min(4, cores)); under torchrun the cores are shared by the ranks of a machine. ``checkpoint``: IRN
     weights for the walk (default ``RUN_DIR/irn.pt``). ``dist``: this rank under torchrun (see the module
-    docstring).
+    docstring). ``class_names``: the classes of a store that ``seeds_png`` creates (VOC when None), which an
+    existing store must have.
     """
     from .inputs import cpu_share
 
@@ -112,10 +114,10 @@ def refine(store: str | Path, kind: str, images: str | Path, steps: str | Sequen
     if "seeds" in chosen:
         if seeds_png is not None:
             report.seeds = import_seed_pngs(store, seeds_png, images, ids, overwrite=overwrite, progress=progress,
-                                            command=command, dist=dist)
+                                            command=command, dist=dist, class_names=class_names)
         else:
             report.seeds = make_seeds(store, kind, images, ids, seed_options, workers, overwrite=overwrite,
-                                      progress=progress, command=command, dist=dist)
+                                      progress=progress, command=command, dist=dist, class_names=class_names)
     if "train" in chosen:
         loader_workers = min(4, cpu_share()) if workers is None else workers
         report.train = train_irn(store, images, run_dir, ids, train_options, device, precision, loader_workers,
@@ -125,5 +127,5 @@ def refine(store: str | Path, kind: str, images: str | Path, steps: str | Sequen
         if not weights.is_file():
             raise OrandError(f"{weights}: no IRN weights; run the train step first (--steps train) or pass --checkpoint")
         report.walk = run_walk(store, kind, images, weights, ids, walk_options, device, precision, overwrite,
-                               progress, command, dist)
+                               progress, command, dist, class_names)
     return report

@@ -1,17 +1,16 @@
 """The seeds step: IRN seeds of every image into ``/seeds`` of the store, on all CPU cores; or seeds from PNGs.
 
 Resumable at image granularity: ids already in ``/seeds`` are skipped. The maps are read in the main process
-(which alone holds the store open for writing); the worker processes load the image and run both CRF passes.
+(which alone holds the store open for writing); the worker processes (:func:`~orand_addon.runtime.worker_pool`:
+never forked, Ctrl-C left to the main process) load the image and run both CRF passes. The seeds' provenance
+records the parameters that wrote the source kind, so seeds of a kind written again with other parameters are
+refused (or, with ``--overwrite``, replaced) instead of being mixed with new ones.
 Under torchrun each rank seeds its share of the ids into its own shard of the store (:mod:`.outputs`), with
 ``cores / processes on this machine`` CRF workers by default; ``orand-addon merge`` joins the shards.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import signal
-import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,11 +20,12 @@ import numpy as np
 from ..distributed import DistInfo
 from ..errors import OrandError
 from ..io.images import image_size, load_image, load_label_png
-from ..runtime import Interrupted, progress as progress_bar
+from ..masks import maps_to_channels
+from ..runtime import Interrupted, progress as progress_bar, worker_pool
 from ..store import Store
-from .inputs import bounded_map, check_finite, check_images, cpu_share, select_ids
+from .inputs import bounded_map, check_finite, check_images, cpu_share, kind_parameters, select_ids
 from .outputs import StepOutput
-from .seeds import SeedOptions, seed_from_labels, threshold_labels
+from .seeds import SeedOptions, seed_from_labels
 
 
 @dataclass
@@ -42,10 +42,6 @@ class SeedReport:
         return out
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
-
-
 def _seed_task(task: tuple) -> tuple[str, np.ndarray | OrandError]:
     image_id, images, fg, bg, keys, crf = task
     try:
@@ -59,37 +55,35 @@ def _tasks(store: Store, kind: str, ids: Sequence[str], images: str, options: Se
     for image_id in ids:
         maps, keys = store.read_maps(kind, image_id)
         check_finite(image_id, maps, f"/{kind} maps")
-        fg = threshold_labels(maps, options.fg_thres)
-        bg = threshold_labels(maps, options.bg_thres)
+        fg = maps_to_channels(maps, options.fg_thres)
+        bg = maps_to_channels(maps, options.bg_thres)
         yield image_id, images, fg, bg, keys, options.crf
 
 
 def make_seeds(store_path: str | Path, kind: str, images: str | Path, ids: Sequence[str] | None = None,
                options: SeedOptions = SeedOptions(), workers: int | None = None, overwrite: bool = False,
                progress: bool = True, command: str = "orand-addon refine --steps seeds",
-               dist: DistInfo = DistInfo()) -> SeedReport:
+               dist: DistInfo = DistInfo(), class_names: Sequence[str] | None = None) -> SeedReport:
     """IRN seeds from the ``kind`` maps of the store into ``/seeds`` (uint8: 0, 1..C, 255); resumable.
 
     ``workers``: CRF processes (default: every CPU core, shared by the ranks of a machine; 0 or 1 runs in this
     process). ``dist``: this rank under torchrun; it writes its share into its shard (see :mod:`.outputs`).
+    ``class_names``: the classes the store must have (None: whatever it has).
     """
     report = SeedReport()
     workers = cpu_share() if workers is None else workers
-    parameters = {"source": "maps", "kind": kind, "fg_thres": options.fg_thres, "bg_thres": options.bg_thres,
-                  "crf": asdict(options.crf)}
-    with StepOutput(store_path, dist) as out:
+    with StepOutput(store_path, dist, class_names) as out:
+        parameters = {"source": "maps", "kind": kind, "fg_thres": options.fg_thres, "bg_thres": options.bg_thres,
+                      "crf": asdict(options.crf), "kind_parameters": kind_parameters(out.source, kind)}
         mine = out.share(select_ids(out.source, kind, ids, "the maps to seed from"))
         check_images(images, mine, lambda i: out.source.map_shape(kind, i)[1:], f"/{kind} maps")  # before any write
         todo = out.begin(["seeds"], command, parameters, overwrite, mine)
         report.skipped_existing = len(mine) - len(todo)
-        executor = None
-        if workers > 1 and len(todo) > 1:
-            ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            executor = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_ignore_sigint)
+        pool = worker_pool(workers) if workers > 1 and len(todo) > 1 else None
         bar = progress_bar(total=len(todo), desc="seeds", unit="img", enabled=progress and dist.is_main)
         try:
             tasks = _tasks(out.source, kind, todo, str(images), options)
-            for image_id, seed in bounded_map(executor, _seed_task, tasks, window=2 * max(workers, 1)):
+            for image_id, seed in bounded_map(pool, _seed_task, tasks, window=2 * max(workers, 1)):
                 if isinstance(seed, OrandError):
                     raise seed
                 _record(out.sink, image_id, seed, report)
@@ -101,8 +95,9 @@ def make_seeds(store_path: str | Path, kind: str, images: str | Path, ids: Seque
                               f"them and the same command resumes") from None
         finally:
             bar.close()
-            if executor is not None:  # forked workers share the store's file lock: they must be gone first
-                executor.shutdown(wait=True, cancel_futures=True)
+            if pool is not None:
+                pool.terminate()
+                pool.join()
     return report
 
 
@@ -116,10 +111,12 @@ def _record(store: Store, image_id: str, seed: np.ndarray, report: SeedReport) -
 
 def import_seed_pngs(store_path: str | Path, png_dir: str | Path, images: str | Path,
                      ids: Sequence[str] | None = None, overwrite: bool = False, progress: bool = True,
-                     command: str = "orand-addon refine --seeds-png", dist: DistInfo = DistInfo()) -> SeedReport:
+                     command: str = "orand-addon refine --seeds-png", dist: DistInfo = DistInfo(),
+                     class_names: Sequence[str] | None = None) -> SeedReport:
     """Seeds from label PNGs (``<id>.png``: 0 background, 1..C, 255 unsure) into ``/seeds``; resumable.
 
     ``dist``: this rank under torchrun; it imports its share into its shard (see :mod:`.outputs`).
+    ``class_names``: the classes of a store created here (VOC when None), or that an existing store must have.
     """
     folder = Path(png_dir)
     if not folder.is_dir():
@@ -128,7 +125,7 @@ def import_seed_pngs(store_path: str | Path, png_dir: str | Path, images: str | 
     wanted = list(ids) if ids is not None else sorted(p.stem for p in folder.glob("*.png"))
     if not wanted:
         raise OrandError(f"{folder}: no seed PNGs (<id>.png)")
-    with StepOutput(store_path, dist) as out:
+    with StepOutput(store_path, dist, class_names) as out:
         mine = out.share(wanted)
         for image_id in mine:  # every check before any write
             if not (folder / f"{image_id}.png").is_file():

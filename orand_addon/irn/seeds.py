@@ -13,9 +13,8 @@ term (sxy 3, compat 3) and a bilateral term (sxy 50, srgb 5, compat 10) on the R
 iterations. An image with no class (K = 0) gets an all-background seed without running the CRF (a CRF with a
 single label cannot change anything).
 
->>> maps = np.zeros((1, 2, 3), np.float32); maps[0, 0, :2] = [0.9, 0.2]
->>> threshold_labels(maps, 0.30).tolist(), threshold_labels(maps, 0.05).tolist()
-([[1, 0, 0], [0, 0, 0]], [[1, 1, 0], [0, 0, 0]])
+The thresholding and the channel -> class mapping are :func:`orand_addon.masks.maps_to_channels` and
+:func:`~orand_addon.masks.channels_to_labels` (the steps of ``maps_to_mask``, with the CRF in between).
 """
 
 from __future__ import annotations
@@ -23,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..masks import channels_to_labels, maps_to_channels
 
 
 @dataclass(frozen=True)
@@ -45,27 +46,6 @@ class SeedOptions:
     fg_thres: float = 0.30
     bg_thres: float = 0.05
     crf: CrfParams = field(default_factory=CrfParams)
-
-
-def threshold_labels(maps: np.ndarray, thres: float) -> np.ndarray:
-    """Channel arg-max of ``[thres, maps...]``: 0 = background, ``c`` = channel ``c − 1``; ties go to background.
-
-    >>> threshold_labels(np.array([[[0.3, 0.5]]], np.float32), 0.3).tolist()
-    [[0, 1]]
-    """
-    maps = np.asarray(maps, dtype=np.float32)
-    stacked = np.concatenate([np.full((1, *maps.shape[1:]), thres, np.float32), maps], axis=0)
-    return np.argmax(stacked, axis=0).astype(np.int64)
-
-
-def channel_to_class(channels: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Map channel indices (0 = background, c = ``keys[c − 1]``) to mask labels (``key + 1``).
-
-    >>> channel_to_class(np.array([[0, 1, 2]]), np.array([4, 14])).tolist()
-    [[0, 5, 15]]
-    """
-    table = np.concatenate([[0], np.asarray(keys, dtype=np.int64).reshape(-1) + 1])
-    return table[channels]
 
 
 def crf_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, params: CrfParams = CrfParams()) -> np.ndarray:
@@ -107,8 +87,8 @@ def seed_from_labels(image: np.ndarray, fg_channels: np.ndarray, bg_channels: np
                      crf: CrfParams = CrfParams()) -> np.ndarray:
     """The seed (H, W) uint8 from the thresholded channels of both passes (CRF, keys mapping, combination)."""
     n_labels = len(keys) + 1
-    fg = channel_to_class(crf_labels(image, fg_channels, n_labels, crf), keys)
-    bg = channel_to_class(crf_labels(image, bg_channels, n_labels, crf), keys)
+    fg = channels_to_labels(crf_labels(image, fg_channels, n_labels, crf), keys)
+    bg = channels_to_labels(crf_labels(image, bg_channels, n_labels, crf), keys)
     return combine_passes(fg, bg)
 
 
@@ -120,5 +100,5 @@ def make_seed(image: np.ndarray, maps: np.ndarray, keys: np.ndarray, options: Se
     >>> make_seed(img, maps, np.array([6]))[::20, 0].tolist()    # class 6 -> 7; 0.1 is unsure; 0 background
     [7, 255, 0]
     """
-    return seed_from_labels(image, threshold_labels(maps, options.fg_thres), threshold_labels(maps, options.bg_thres),
+    return seed_from_labels(image, maps_to_channels(maps, options.fg_thres), maps_to_channels(maps, options.bg_thres),
                             keys, options.crf)

@@ -22,25 +22,24 @@ in the options, must be the same); ``RUN_DIR`` must then be on a filesystem ever
 
 from __future__ import annotations
 
-import contextlib
 import json
-import signal
-import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
-from ..distributed import DistInfo, barrier, convert_sync_batchnorm, process_group, sum_across_ranks, unwrap
-from ..distributed import wrap_ddp
+from ..distributed import (DistInfo, any_rank, average_running_stats, barrier, convert_sync_batchnorm,
+                           process_group, rank_batch, sum_across_ranks, unwrap, wrap_ddp)
 from ..errors import OrandError
 from ..pretrained import load_pretrained_state
-from ..runtime import Interrupted, atomic_save, autocast, load_checkpoint, poly_lr, progress as progress_bar
-from ..runtime import seed_everything
+from ..runtime import (Interrupted, atomic_save, autocast, deferred_interrupt, grad_scaler, holding_interrupts,
+                       first_line, ids_digest, ignore_sigint, load_checkpoint, poly_lr, progress as progress_bar,
+                       resolve_precision, rng_state, seed_everything, set_rng_state)
 from ..store import Store
 from .data import CropSpec, SeedCrops, StepSampler
-from .ddp import any_rank, average_running_stats, check_global_batch, global_pair_counts, ranks_agree
+from .ddp import global_pair_counts, ranks_agree
 from .inputs import check_images, select_ids
 from .losses import edge_affinity, irn_losses, pair_counts, pair_displacement, pair_labels
 from .network import IRNet, build_irnet
@@ -121,13 +120,15 @@ def build_loader(dataset: SeedCrops, options: TrainOptions, start: int, total: i
     """Batches of steps ``start .. total``; rank ``info.rank`` gets its part of every global batch."""
     sampler = StepSampler(len(dataset), options.batch_size, total, seed=options.seed, start=start, rank=info.rank,
                           world_size=info.world_size)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory,
+                                       worker_init_fn=ignore_sigint)  # Ctrl-C is the main process's
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: tuple[torch.Tensor, torch.Tensor],
-               table: PathTable, device: torch.device, precision: str = "auto",
-               info: DistInfo = DistInfo()) -> dict[str, float]:
-    """One SGD step on a batch of (images, stride-4 seeds); returns the losses.
+               table: PathTable, device: torch.device, precision: str = "fp32",
+               info: DistInfo = DistInfo(), scaler: "torch.amp.GradScaler | None" = None) -> dict[str, float]:
+    """One SGD step on a batch of (images, stride-4 seeds); returns the losses. ``precision``: the resolved one
+    (:func:`~orand_addon.runtime.resolve_precision`); ``scaler`` scales the gradients of fp16 steps.
 
     Under DDP (``model`` wrapped, ``info`` of this rank) the batch is this rank's part of the global batch: the
     losses are its share of the global batch's (pair counts summed over the ranks), ``world_size ×`` that share is
@@ -141,8 +142,13 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
     aff = edge_affinity(torch.sigmoid(edge_logits.float()), table)
     losses = irn_losses(aff, pair_displacement(dp.float(), table), bg_pos, fg_pos, neg, table, counts=counts)
     optimizer.zero_grad(set_to_none=True)
-    (losses["total"] * info.world_size).backward()
-    optimizer.step()
+    if scaler is not None and scaler.is_enabled():
+        scaler.scale(losses["total"] * info.world_size).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        (losses["total"] * info.world_size).backward()
+        optimizer.step()
     average_running_stats(unwrap(model), info)
     shares = torch.stack([losses[k].detach() for k in LOSS_NAMES]).tolist()
     return dict(zip(LOSS_NAMES, sum_across_ranks(shares, device)))
@@ -153,49 +159,53 @@ def set_poly_lr(optimizer: torch.optim.Optimizer, step: int, total: int, power: 
         group["lr"] = poly_lr(group["initial_lr"], step, total, power)
 
 
+def run_inputs(store_path: str | Path, ids: Sequence[str]) -> dict:
+    """What a run trains on, recorded in its checkpoints: a digest of the sorted ids, the store, and the parameters
+    that wrote its ``/seeds`` (new seeds, or seeds of rewritten maps, make another run)."""
+    with Store(store_path, "r") as store:
+        seeds = (store.group_provenance("seeds") or {}).get("parameters")
+    return {"ids": ids_digest(sorted(ids)), "n_ids": len(ids), "store": str(Path(store_path).resolve()),
+            "seeds": json.loads(json.dumps(seeds, default=str))}
+
+
 def save_state(path: Path, model: IRNet, optimizer: torch.optim.Optimizer | None, step: int, total: int,
-               options: TrainOptions, history: list[dict[str, float]], world_size: int = 1) -> Path:
-    """``model`` (unwrapped), step and options (``batch_size``: the global batch); ``world_size`` for the record."""
+               options: TrainOptions, history: list[dict[str, float]], world_size: int = 1, inputs: dict | None = None,
+               scaler: "torch.amp.GradScaler | None" = None) -> Path:
+    """``model`` (unwrapped), step, options (``batch_size``: the global batch) and ``inputs`` (:func:`run_inputs`);
+    ``world_size`` for the record."""
     state = {"model": model.state_dict(), "step": step, "total_steps": total, "options": options_record(options),
-             "history": history, "global_batch": options.batch_size, "world_size": world_size}
+             "inputs": inputs or {}, "history": history, "global_batch": options.batch_size, "world_size": world_size,
+             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
+        state["rng"] = rng_state()
+        if scaler is not None and scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
     return atomic_save(state, path)
 
 
-def check_same_options(path: Path, saved: dict, options: TrainOptions, hint: str) -> None:
-    now = options_record(options)
-    differ = sorted(k for k in set(now) | set(saved) if now.get(k) != saved.get(k))
+
+
+def check_same_run(path: Path, saved: object, options: TrainOptions, inputs: dict, hint: str) -> dict:
+    """``saved`` (a loaded checkpoint) when it was trained with these options on these inputs; else a one-line
+    error naming what differs. Returns it as a dict."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("options", {}), dict):
+        raise OrandError(f"{path}: not an IRN training checkpoint (no options record); {hint}")
+    now, old = options_record(options), saved.get("options", {})
+    differ = sorted(k for k in set(now) | set(old) if now.get(k) != old.get(k))
     if differ:
         raise OrandError(f"{path} was trained with other settings ({', '.join(differ)} differ); {hint}")
-
-
-class _Flag:
-    requested = False
-
-
-@contextlib.contextmanager
-def deferred_interrupt() -> Iterator[_Flag]:
-    """Hold Ctrl-C (SIGINT) until the block ends and report it in ``flag.requested`` (main thread only)."""
-    flag = _Flag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def remember(signum, frame) -> None:
-        flag.requested = True
-
-    previous = signal.signal(signal.SIGINT, remember)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def holding_interrupts(info: DistInfo) -> contextlib.AbstractContextManager[_Flag]:
-    """Under torchrun, Ctrl-C (which torchrun forwards to every rank) is held for the whole loop and acted on by
-    all ranks together after a step; one process keeps Ctrl-C immediate between steps."""
-    return deferred_interrupt() if info.enabled else contextlib.nullcontext(_Flag())
+    recorded = saved.get("inputs") if isinstance(saved.get("inputs"), dict) else {}
+    changed = []
+    if recorded.get("ids") != inputs.get("ids"):
+        changed.append("other image ids")
+    if recorded.get("store") != inputs.get("store"):
+        changed.append(f"store {recorded.get('store')} -> {inputs.get('store')}")
+    if recorded.get("seeds") != inputs.get("seeds"):
+        changed.append("seeds written with other parameters")
+    if changed:
+        raise OrandError(f"{path} was trained on other inputs ({'; '.join(changed)}); {hint}")
+    return saved
 
 
 @dataclass
@@ -206,24 +216,59 @@ class _Start:
     history: list[dict[str, float]] = field(default_factory=list)
     model: dict | None = None
     optimizer: dict | None = None
+    scaler: dict | None = None
+    rng: dict | None = None
 
 
-def finished_run(final: Path, options: TrainOptions, resume: bool) -> TrainResult | None:
-    """The finished run in ``final`` (``irn.pt``) when resuming and its settings are these; None to train."""
+RERUN_HINT = "use another --run-dir, or --no-resume to train again"
+
+
+def finished_run(final: Path, options: TrainOptions, resume: bool, inputs: dict) -> TrainResult | None:
+    """The finished run in ``final`` (``irn.pt``) when resuming and its settings and inputs are these; None to
+    train."""
     if not (resume and final.is_file()):
         return None
-    saved = load_checkpoint(final)
-    check_same_options(final, saved.get("options", {}), options, "use another --run-dir, or --no-resume to train again")
-    return TrainResult(final, int(saved.get("step", 0)), list(saved.get("history", [])), skipped=True)
+    saved = check_same_run(final, load_checkpoint(final), options, inputs, RERUN_HINT)
+    try:
+        return TrainResult(final, int(saved.get("step", 0)), list(saved.get("history", [])), skipped=True)
+    except (TypeError, ValueError) as exc:
+        raise OrandError(f"{final}: damaged IRN checkpoint ({first_line(exc)}); {RERUN_HINT}") from None
 
 
-def resume_point(last: Path, options: TrainOptions, resume: bool, device: torch.device) -> _Start:
-    """The state of ``irn_last.pt`` when resuming and its settings are these (any number of ranks)."""
+def resume_point(last: Path, options: TrainOptions, resume: bool, device: torch.device, inputs: dict) -> _Start:
+    """The state of ``irn_last.pt`` when resuming and its settings and inputs are these (any number of ranks)."""
     if not (resume and last.is_file()):
         return _Start()
-    saved = load_checkpoint(last, map_location=device)
-    check_same_options(last, saved.get("options", {}), options, "use another --run-dir, or --no-resume to train again")
-    return _Start(int(saved["step"]), list(saved.get("history", [])), saved["model"], saved["optimizer"])
+    saved = check_same_run(last, load_checkpoint(last, map_location=device), options, inputs, RERUN_HINT)
+    try:
+        return _Start(int(saved["step"]), list(saved.get("history", [])), dict(saved["model"]),
+                      dict(saved["optimizer"]), saved.get("scaler"), saved.get("rng"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OrandError(f"{last}: damaged IRN training state ({type(exc).__name__}: {first_line(exc)}); "
+                         f"{RERUN_HINT}") from None
+
+
+def restore(start: _Start, where: Path, optimizer: torch.optim.Optimizer, scaler: "torch.amp.GradScaler") -> None:
+    """Load the state of ``irn_last.pt`` into the optimizer, scaler and RNG (the weights: :func:`load_weights`); a
+    one-line error naming the file when it does not fit."""
+    try:
+        if start.optimizer is not None:
+            optimizer.load_state_dict(start.optimizer)
+        if start.scaler and scaler.is_enabled():
+            scaler.load_state_dict(start.scaler)
+        if start.rng:
+            set_rng_state(start.rng)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise OrandError(f"{where}: damaged IRN training state ({type(exc).__name__}: {first_line(exc)}); "
+                         f"{RERUN_HINT}") from None
+
+
+def load_weights(model: IRNet, state: dict, where: Path) -> None:
+    """``model.load_state_dict(state)`` with a one-line error naming the file."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, KeyError) as exc:
+        raise OrandError(f"{where}: not weights of this IRN ({first_line(exc)}); {RERUN_HINT}") from None
 
 
 def training_ids(store_path: str | Path, images: str | Path, ids: Sequence[str] | None,
@@ -243,10 +288,11 @@ def training_ids(store_path: str | Path, images: str | Path, ids: Sequence[str] 
 
 
 def checkpoint(path: Path, model: IRNet, optimizer: torch.optim.Optimizer | None, step: int, total: int,
-               options: TrainOptions, history: list[dict[str, float]], info: DistInfo) -> None:
+               options: TrainOptions, history: list[dict[str, float]], info: DistInfo, inputs: dict | None = None,
+               scaler: "torch.amp.GradScaler | None" = None) -> None:
     """Rank 0 writes the checkpoint; every rank waits until it is there."""
     if info.is_main:
-        save_state(path, model, optimizer, step, total, options, history, info.world_size)
+        save_state(path, model, optimizer, step, total, options, history, info.world_size, inputs, scaler)
     barrier()
 
 
@@ -260,37 +306,39 @@ def train_irn(store_path: str | Path, images: str | Path, run_dir: str | Path, i
     DDP (see the module docstring). ``device`` auto/cuda then means ``cuda:LOCAL_RANK``.
     """
     run_dir = Path(run_dir)
-    check_global_batch(options.batch_size, dist)  # before the rendezvous: every rank fails at once
+    rank_batch(options.batch_size, dist.world_size)  # before the rendezvous: every rank fails at once
     with process_group(device, dist) as (info, dev):
-        finished = finished_run(run_dir / FINAL, options, resume)
+        todo = training_ids(store_path, images, ids, options)
+        inputs = run_inputs(store_path, todo)
+        finished = finished_run(run_dir / FINAL, options, resume, inputs)
         if not ranks_agree([finished is not None], info, dev):
             raise OrandError(f"{run_dir / FINAL}: exists for some ranks only; put --run-dir on a filesystem that "
                              f"every rank shares")
         if finished is not None:
             return finished
-        todo = training_ids(store_path, images, ids, options)
-        return _train(store_path, images, run_dir, todo, options, precision, workers, checkpoint_every, resume,
-                      progress, info, dev)
+        return _train(store_path, images, run_dir, todo, inputs, options, precision, workers, checkpoint_every,
+                      resume, progress, info, dev)
 
 
-def _train(store_path: str | Path, images: str | Path, run_dir: Path, todo: list[str], options: TrainOptions,
-           precision: str, workers: int, checkpoint_every: int, resume: bool, progress: bool, info: DistInfo,
-           dev: torch.device) -> TrainResult:
+def _train(store_path: str | Path, images: str | Path, run_dir: Path, todo: list[str], inputs: dict,
+           options: TrainOptions, precision: str, workers: int, checkpoint_every: int, resume: bool, progress: bool,
+           info: DistInfo, dev: torch.device) -> TrainResult:
     final, last = run_dir / FINAL, run_dir / LAST
     total = total_steps(len(todo), options)
+    precision = resolve_precision(dev, precision)
     seed_everything(options.seed)
     model = build_model(options, dev)
-    start = resume_point(last, options, resume, dev)
+    start = resume_point(last, options, resume, dev, inputs)
     if not ranks_agree([start.step], info, dev):
         raise OrandError(f"{last}: rank {info.rank} resumes at step {start.step}, another rank elsewhere; put "
                          f"--run-dir on a filesystem that every rank shares")
     if start.model is not None:
-        model.load_state_dict(start.model)
+        load_weights(model, start.model, last)
     if options.backbone == "trainable":
         model = convert_sync_batchnorm(model, dev)  # CUDA only: CPU ranks keep their own BN statistics
     optimizer = build_optimizer(model, options)
-    if start.optimizer is not None:
-        optimizer.load_state_dict(start.optimizer)
+    scaler = grad_scaler(precision)
+    restore(start, last, optimizer, scaler)
     net = wrap_ddp(model, dev, broadcast_buffers=False)  # running statistics: averaged after every step
     step, history = start.step, start.history
     del start
@@ -300,11 +348,11 @@ def _train(store_path: str | Path, images: str | Path, run_dir: Path, todo: list
     model.train()
     bar = progress_bar(total=total, initial=step, desc="irn train", unit="step", enabled=progress and info.is_main)
     try:
-        with holding_interrupts(info) as held:
+        with holding_interrupts(info.enabled) as held:
             for batch in loader:
                 with deferred_interrupt() as interrupt:  # a step is never cut in half: the checkpoint stays consistent
                     set_poly_lr(optimizer, step, total, options.poly_power)
-                    losses = train_step(net, optimizer, batch, table, dev, precision, info)
+                    losses = train_step(net, optimizer, batch, table, dev, precision, info, scaler)
                     step += 1
                     history.append(losses)
                 if any_rank(interrupt.requested or held.requested, info, dev):
@@ -312,15 +360,15 @@ def _train(store_path: str | Path, images: str | Path, run_dir: Path, todo: list
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses['total']:.4f}")
                 if step % checkpoint_every == 0 and step < total:
-                    checkpoint(last, model, optimizer, step, total, options, history, info)
+                    checkpoint(last, model, optimizer, step, total, options, history, info, inputs, scaler)
     except KeyboardInterrupt:
-        checkpoint(last, model, optimizer, step, total, options, history, info)
+        checkpoint(last, model, optimizer, step, total, options, history, info, inputs, scaler)
         raise Interrupted(f"IRN training interrupted at step {step}/{total}; saved {last}; "
                           f"the same command resumes") from None
     finally:
         bar.close()
         dataset.close()
-    checkpoint(final, model, None, step, total, options, history, info)
+    checkpoint(final, model, None, step, total, options, history, info, inputs)
     if info.is_main:
         last.unlink(missing_ok=True)
     return TrainResult(final, step, history)
@@ -329,12 +377,13 @@ def _train(store_path: str | Path, images: str | Path, run_dir: Path, todo: list
 def load_trained(path: str | Path, device: torch.device) -> IRNet:
     """The trained :class:`IRNet` of ``irn.pt`` (or ``irn_last.pt``), in eval mode on ``device``."""
     saved = load_checkpoint(path, map_location=device)
-    if not isinstance(saved, dict) or "model" not in saved:
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
         raise OrandError(f"{path}: not an IRN checkpoint (no 'model' entry)")
-    backbone = saved.get("options", {}).get("backbone", "frozen")
+    options = saved.get("options") if isinstance(saved.get("options"), dict) else {}
+    backbone = options.get("backbone", "frozen")
     model = IRNet(backbone if backbone in ("frozen", "trainable") else "frozen")
     try:
         model.load_state_dict(saved["model"])
-    except RuntimeError as exc:
-        raise OrandError(f"{path}: not IRN weights ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, TypeError, KeyError) as exc:
+        raise OrandError(f"{path}: not IRN weights ({first_line(exc)})") from None
     return model.to(device).eval()

@@ -4,7 +4,10 @@ Per image: the trained IRN gives the stride-4 boundary map (flip-averaged); the 
 downsized to ⌈H/4⌉ × ⌈W/4⌉ (IRN's ``cam``), optionally raised to ``cam_power`` (AMN: 1.3); :func:`random_walk`
 propagates them; the result is upsampled ×4, cropped to the image, divided by its global max and written as kind
 ``rw`` (keys as the source), and ``/masks`` gets the arg-max with a constant background of ``bg_thres`` (0.25).
-Resumable at image granularity: ids with both ``rw`` and ``masks`` are skipped. Under torchrun each rank walks
+Resumable at image granularity: ids with both ``rw`` and ``masks`` are skipped. The provenance of ``rw`` and
+``/masks`` records the content digest of the IRN weights and the parameters that wrote the ``kind`` maps: a rerun
+after retraining IRN (same path, new weights) or rewriting the maps is refused, or with ``--overwrite`` starts
+over, instead of mixing masks of the old and the new weights. Under torchrun each rank walks
 its share of the ids on its own device (``cuda:LOCAL_RANK`` for ``auto``/``cuda``) into its own shard of the store
 (:mod:`.outputs`); ``orand-addon merge`` joins the shards. Ranks never talk to each other.
 """
@@ -22,8 +25,8 @@ from ..distributed import DistInfo, pick_device
 from ..errors import OrandError
 from ..io.images import load_image
 from ..masks import maps_to_mask
-from ..runtime import Interrupted, autocast, progress as progress_bar
-from .inputs import check_finite, check_images, select_ids
+from ..runtime import Interrupted, autocast, file_digest, progress as progress_bar, resolve_precision
+from .inputs import check_finite, check_images, kind_parameters, select_ids
 from .network import normalize_image, predict_edge
 from .outputs import StepOutput
 from .random_walk import prepare_cam, random_walk, walk_to_maps
@@ -66,16 +69,21 @@ def walk_one(model, image: np.ndarray, maps: np.ndarray, keys: np.ndarray, optio
 def run_walk(store_path: str | Path, kind: str, images: str | Path, checkpoint: str | Path,
              ids: Sequence[str] | None = None, options: WalkOptions = WalkOptions(), device: str = "auto",
              precision: str = "auto", overwrite: bool = False, progress: bool = True,
-             command: str = "orand-addon refine --steps walk", dist: DistInfo = DistInfo()) -> WalkReport:
+             command: str = "orand-addon refine --steps walk", dist: DistInfo = DistInfo(),
+             class_names: Sequence[str] | None = None) -> WalkReport:
     """Random-walk the ``kind`` maps with the IRN ``checkpoint`` into kind ``rw`` and ``/masks``; resumable.
 
     ``dist``: this rank under torchrun; it writes its share into its shard (see :mod:`.outputs`).
+    ``class_names``: the classes the store must have (None: whatever it has).
     """
     dev = pick_device(device, dist)
+    precision = resolve_precision(dev, precision)
     model = load_trained(checkpoint, dev)
     report = WalkReport()
-    parameters = {"kind": kind, "checkpoint": str(Path(checkpoint).resolve()), **asdict(options)}
-    with StepOutput(store_path, dist) as out:
+    with StepOutput(store_path, dist, class_names) as out:
+        parameters = {"kind": kind, "checkpoint": str(Path(checkpoint).resolve()),
+                      "checkpoint_sha256": file_digest(checkpoint),
+                      "kind_parameters": kind_parameters(out.source, kind), **asdict(options)}
         mine = out.share(select_ids(out.source, kind, ids, "the maps to refine"))
         check_images(images, mine, lambda i: out.source.map_shape(kind, i)[1:], f"/{kind} maps")  # before any write
         todo = out.begin(["rw", "masks"], command, parameters, overwrite, mine)

@@ -10,8 +10,6 @@ Background threshold for maps when neither ``bg_thres`` nor ``sweep`` is given: 
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,7 +19,7 @@ import numpy as np
 
 from ..classes import ClassSet, ImageLabels, get_class_set
 from ..errors import OrandError
-from ..runtime import Interrupted, progress as progress_bar
+from ..runtime import Interrupted, progress as progress_bar, worker_pool
 from .functional import (UNSURE_POLICIES, ConfusionAccumulator, ThresholdSweep, best_index, parse_sweep,
                          precision_aware_index, segmentation_scores)
 from .predictions import GroundTruth, Prediction, PredSpec, open_prediction, resize_prediction
@@ -212,9 +210,9 @@ def _run(job: _Job, source, ids: list[str], workers: int, progress: bool):
             return _score_ids(job, source, ids, bar)
         size = max(8, -(-len(ids) // (workers * 8)))
         chunks = [ids[i:i + size] for i in range(0, len(ids), size)]
-        ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
         acc, resized = _new_accumulator(job), 0
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+        # never forked (torch may be loaded and threaded in this process); the workers leave Ctrl-C to it
+        with worker_pool(workers, _init_worker, (job,)) as pool:
             for (part, part_resized), n in pool.imap_unordered(_score_chunk, chunks):
                 acc.merge(part)
                 resized += part_resized

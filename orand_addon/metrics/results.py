@@ -7,11 +7,13 @@ truth and prediction) is ``null`` in JSON and an empty cell in CSV.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
 
 from ..errors import OrandError
+from ..runtime import atomic_write_text
 from .evaluate import EvalResult
 from .functional import MEANS, METRICS
 
@@ -73,17 +75,14 @@ def write_json(result: EvalResult, path: str | Path) -> dict:
 def write_csv(result: EvalResult, path: str | Path) -> None:
     """Per-class rows (and a final ``mean`` row) at the selected threshold."""
     s = result.headline
-    path = Path(path)
-    _ensure_parent(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        out = csv.writer(fh)
-        out.writerow(["class", *METRICS, "gt_pixels", "pred_pixels", "tp"])
-        for k, name in enumerate(result.class_names):
-            out.writerow([name, *(_cell(s[m][k]) for m in METRICS),
-                          int(s["gt_pixels"][k]), int(s["pred_pixels"][k]), int(s["tp"][k])])
-        out.writerow(["mean", *(_cell(s[m]) for m in MEANS), "", "", ""])
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    out = csv.writer(text)
+    out.writerow(["class", *METRICS, "gt_pixels", "pred_pixels", "tp"])
+    for k, name in enumerate(result.class_names):
+        out.writerow([name, *(_cell(s[m][k]) for m in METRICS),
+                      int(s["gt_pixels"][k]), int(s["pred_pixels"][k]), int(s["tp"][k])])
+    out.writerow(["mean", *(_cell(s[m]) for m in MEANS), "", "", ""])
+    _write_text(path, text.getvalue())
 
 
 def _cell(value) -> str:
@@ -100,9 +99,7 @@ def _ensure_parent(path: Path) -> None:
 def _write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     _ensure_parent(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text, what="results file")
 
 
 def _pct(value) -> str:

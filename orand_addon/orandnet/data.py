@@ -13,7 +13,6 @@ worker opens its own read-only handle), so nothing is shared across ``fork``.
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, TypeVar
@@ -23,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import StoreError
+from ..runtime import ignore_sigint
 from ..store import Store
 
 INPUT_KIND, TARGET_KIND = "or", "and"
@@ -196,19 +196,15 @@ class OrAndMaps(Dataset):
         self._store = None
 
 
-def _worker_init(_: int) -> None:
-    # Ctrl-C is handled by the main process (it finishes the step and saves a checkpoint); workers ignore it.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def make_loader(dataset: OrAndMaps, sampler: Sampler[int], workers: int, pin_memory: bool) -> DataLoader:
     """One image per item (no collation); ``workers`` <= 1 reads in the main process.
 
     The loader gets its own generator: by default a DataLoader draws its workers' base seed from the global torch
-    RNG when iterated, which would shift the dropout masks of a resumed run.
+    RNG when iterated, which would shift the dropout masks of a resumed run. Workers ignore Ctrl-C: the main process
+    finishes the step and saves a checkpoint.
     """
     kwargs = dict(batch_size=None, sampler=sampler, pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
     if workers > 1:
-        return DataLoader(dataset, num_workers=workers, worker_init_fn=_worker_init, prefetch_factor=2, **kwargs)
+        return DataLoader(dataset, num_workers=workers, worker_init_fn=ignore_sigint, prefetch_factor=2, **kwargs)
     return DataLoader(dataset, num_workers=0, **kwargs)
 

@@ -12,6 +12,11 @@ maps ``(K, H, W)`` (the targets, in [0, 1]), and returns a scalar (mean over pix
   is what inference's ReLU keeps (with the official loss the zero of the scores is arbitrary: softmax ignores a
   constant shift).
 * ``bce``: per class-map binary cross-entropy of ``sigmoid(score)`` against AND, every map on its own.
+
+Inference turns scores into maps the way the loss reads them (:data:`SCORE_TO_MAP`), then divides each map by
+its own maximum: ``official`` keeps the positive part of the scores (ReLU, as the official code); ``bce`` and
+``bg-softmax`` take ``sigmoid(score)``, the probability the loss fits to AND (for ``bg-softmax``: of the class
+against the background logit 0). A ReLU there would keep only pixels whose AND estimate exceeds 1/2.
 """
 
 from __future__ import annotations
@@ -66,6 +71,18 @@ LOSSES: dict[str, LossFn] = {
     "bce": bce_loss,
 }
 DEFAULT_LOSS = "official"
+
+# how the scores of a model trained with each loss become maps (before the per-map max normalisation)
+SCORE_TO_MAP: dict[str, str] = {"official": "relu", "bg-softmax": "sigmoid", "bce": "sigmoid"}
+
+
+def score_to_map(loss: str) -> str:
+    """``relu`` or ``sigmoid`` for a model trained with ``loss`` (unknown or missing: ``relu``, the official rule).
+
+    >>> score_to_map("bce"), score_to_map("official"), score_to_map(None)
+    ('sigmoid', 'relu', 'relu')
+    """
+    return SCORE_TO_MAP.get(loss or DEFAULT_LOSS, "relu")
 
 
 def get_loss(name: str) -> LossFn:

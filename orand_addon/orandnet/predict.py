@@ -29,12 +29,12 @@ import torch
 
 from ..distributed import DistInfo, main_only, pick_device, shard
 from ..errors import OrandError, StoreError
+from .losses import score_to_map
 from ..merge import done_ids, finish_shard, open_shard, start_shard
-from ..runtime import Interrupted, autocast, progress
+from ..runtime import Interrupted, autocast, check_precision, cudnn_mode, progress, resolve_precision
 from ..store import Store
 from .data import INPUT_KIND, require_kinds
 from .model import FCN8s, load_orandnet
-from .train import PRECISIONS, cudnn_mode, resolve_precision
 
 OUTPUT_KIND = "orandnet"
 DTYPES = ("float16", "float32")
@@ -53,13 +53,16 @@ class PredictConfig:
     progress: bool = True
 
 
-def relu_max_normalize(scores: torch.Tensor) -> torch.Tensor:
-    """ReLU, then each (H, W) map divided by its own maximum; an all-zero map stays zero.
+def relu_max_normalize(scores: torch.Tensor, activation: str = "relu") -> torch.Tensor:
+    """ReLU (or sigmoid, for models trained with ``bce``/``bg-softmax``), then each (H, W) map divided by its own
+    maximum; an all-zero map stays zero.
 
     >>> relu_max_normalize(torch.tensor([[[-1.0, 2.0], [4.0, 0.0]], [[-3.0, -1.0], [0.0, -2.0]]])).tolist()
     [[[0.0, 0.5], [1.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]]
+    >>> relu_max_normalize(torch.tensor([[[0.0, 100.0]]]), "sigmoid").tolist()
+    [[[0.5, 1.0]]]
     """
-    x = scores.float().clamp_min(0)
+    x = torch.sigmoid(scores.float()) if activation == "sigmoid" else scores.float().clamp_min(0)
     peak = x.amax(dim=(-2, -1), keepdim=True)
     return x / torch.where(peak > 0, peak, torch.ones_like(peak))
 
@@ -92,8 +95,8 @@ def plan_batches(items: Sequence[tuple[str, tuple[int, int], int]], batch_size: 
 
 @torch.inference_mode()
 def predict_maps(model: FCN8s, or_maps: torch.Tensor, batch_size: int, device: torch.device,
-                 precision: str) -> torch.Tensor:
-    """``(N, H, W)`` OR maps -> ``(N, H, W)`` ORANDNet maps (ReLU + per-map max normalisation) on the CPU."""
+                 precision: str, activation: str = "relu") -> torch.Tensor:
+    """``(N, H, W)`` OR maps -> ``(N, H, W)`` ORANDNet maps (ReLU or sigmoid + per-map max normalisation), CPU."""
     outputs = []
     for chunk in or_maps.split(batch_size):
         x = chunk[:, None].to(device, non_blocking=True)
@@ -101,7 +104,7 @@ def predict_maps(model: FCN8s, or_maps: torch.Tensor, batch_size: int, device: t
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             scores = model(x)[:, 0]
-        outputs.append(relu_max_normalize(scores).cpu())
+        outputs.append(relu_max_normalize(scores, activation).cpu())
     return torch.cat(outputs)
 
 
@@ -118,6 +121,7 @@ class _Job:
     precision: str
     batch_size: int
     dtype: str
+    activation: str = "relu"
 
 
 def write_batch(store: Store, job: _Job, batch: Sequence[str], sink: Store | None = None,
@@ -127,7 +131,7 @@ def write_batch(store: Store, job: _Job, batch: Sequence[str], sink: Store | Non
     sink = sink or store
     read = [store.read_maps(INPUT_KIND, i) for i in batch]
     maps = predict_maps(job.model, torch.from_numpy(np.concatenate([m for m, _ in read])), job.batch_size,
-                        job.device, job.precision).numpy()
+                        job.device, job.precision, job.activation).numpy()
     parts = np.split(maps, np.cumsum([len(keys) for _, keys in read])[:-1])
     for image_id, part, (_, keys) in zip(batch, parts, read):
         if image_id not in skip:
@@ -200,8 +204,7 @@ def predict_orandnet(store_path: str | Path, checkpoint: str | Path, config: Pre
     """
     if config.dtype not in DTYPES:
         raise OrandError(f"unknown map dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
-    if config.precision not in PRECISIONS:
-        raise OrandError(f"unknown precision {config.precision!r}; valid: {', '.join(PRECISIONS)}")
+    check_precision(config.precision)
     if config.batch_size < 0:
         raise OrandError(f"--batch-size must be >= 1 (or 0 for automatic), got {config.batch_size}")
     if not Path(store_path).is_file():
@@ -210,13 +213,14 @@ def predict_orandnet(store_path: str | Path, checkpoint: str | Path, config: Pre
     say = main_only(echo, dist)
     model, ckpt = load_orandnet(checkpoint)
     model.eval().to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+    activation = score_to_map((ckpt.get("train_config") or {}).get("loss"))
     job = _Job(model, device, resolve_precision(device, config.precision),
-               config.batch_size or (16 if device.type == "cuda" else 4), config.dtype)
+               config.batch_size or (16 if device.type == "cuda" else 4), config.dtype, activation)
     done_at, planned = ckpt.get("iteration"), (ckpt.get("train_config") or {}).get("iterations")
     if isinstance(done_at, int) and isinstance(planned, int) and done_at < planned:
         say(f"note: {checkpoint} is at iteration {done_at} of {planned} (training not finished)")
     parameters = {"checkpoint": str(Path(checkpoint).resolve()), "iteration": done_at, "saved_at": ckpt.get("saved_at"),
-                  "model": model.config(), "input": INPUT_KIND, "postprocess": "relu, per-map max normalisation",
+                  "model": model.config(), "input": INPUT_KIND, "postprocess": f"{activation}, per-map max normalisation",
                   "dtype": config.dtype}
     del ckpt
     if dist.enabled:

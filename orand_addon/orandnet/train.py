@@ -25,27 +25,27 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 
-from ..distributed import DistInfo, barrier, main_only, process_group, sum_across_ranks, wrap_ddp
+from ..distributed import DistInfo, any_rank, barrier, main_only, mean_across_ranks, process_group, wrap_ddp
 from ..errors import OrandError
-from ..runtime import Interrupted, atomic_save, autocast, poly_lr, progress, seed_everything
+from ..runtime import PRECISIONS  # noqa: F401 (the precision names and their resolution live in runtime)
+from ..runtime import (Interrupted, StopRequest, atomic_save, atomic_write_text, autocast, check_precision,
+                       cudnn_mode, grad_scaler, poly_lr, progress, resolve_precision, rng_state, seed_everything,
+                       set_rng_state)
 from .data import IterationSampler, OrAndMaps, group_steps, make_loader, sample_numbers, sample_seed, training_set
 from .losses import DEFAULT_LOSS, LossFn, get_loss
 from .model import ARCHS, CHECKPOINT_FORMAT, FCN8s, build_model, check_full_state, get_geometry, read_checkpoint
 
 CHECKPOINT_NAME = "last.pt"
 LOG_NAME = "train_log.json"
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # Settings a resumed run must share with the checkpoint (they change the mathematics of the remaining steps).
 RESUME_FIXED = ("iterations", "lr", "momentum", "weight_decay", "power", "loss", "arch", "width_div", "seed")
 
@@ -88,23 +88,9 @@ class TrainConfig:
             raise OrandError(f"--checkpoint-every must be at least 1, got {self.checkpoint_every}")
         if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0:
             raise OrandError("--lr must be > 0, --momentum and --weight-decay >= 0")
-        if self.precision not in PRECISIONS:
-            raise OrandError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        check_precision(self.precision)
         get_loss(self.loss)
         get_geometry(self.arch)
-
-
-def resolve_precision(device: torch.device, precision: str) -> str:
-    """The precision actually used: fp32 on CPU; on CUDA ``auto`` is bf16 (fp16 where bf16 is unsupported).
-
-    >>> resolve_precision(torch.device("cpu"), "bf16")
-    'fp32'
-    """
-    if device.type != "cuda":
-        return "fp32"
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return precision
 
 
 # -- pieces of the loop ----------------------------------------------------------------------------------------
@@ -166,8 +152,7 @@ def save_training_state(path: Path, model: FCN8s, optimizer: torch.optim.Optimiz
         "train_config": {k: v for k, v in asdict(config).items() if k != "ids"},
         "ids": list(ids),
         "store": str(Path(store_path).resolve()),
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "rng": rng_state(),
         "history": list(history),
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -202,9 +187,7 @@ def restore_training_state(ckpt: dict, model: FCN8s, optimizer: torch.optim.Opti
         optimizer.load_state_dict(ckpt["optimizer"])
         if scaler.is_enabled() and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if torch.cuda.is_available() and len(ckpt["rng"]["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+        set_rng_state(ckpt["rng"])
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise OrandError(f"{where}: damaged training state ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     return int(ckpt["iteration"]), [float(x) for x in ckpt.get("history", [])]
@@ -214,49 +197,7 @@ def write_log(out_dir: Path, config: TrainConfig, iteration: int, history: list[
     """``train_log.json``: settings, iteration and per-step losses (rewritten with each checkpoint)."""
     record = {"iteration": iteration, "config": {k: v for k, v in asdict(config).items() if k != "ids"},
               "notes": notes, "losses": history}
-    tmp = out_dir / f".{LOG_NAME}.tmp"
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, out_dir / LOG_NAME)
-
-
-@contextlib.contextmanager
-def cudnn_mode(deterministic: bool, benchmark: bool) -> Iterator[None]:
-    """Set cuDNN's algorithm choice for a block (deterministic kernels make GPU runs repeatable), then restore it."""
-    before = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = deterministic, benchmark
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
-
-
-class StopRequest:
-    """Ctrl-C (SIGINT) sets :attr:`requested` so the current step finishes and a checkpoint is saved; a second
-    Ctrl-C interrupts at once. Outside the main thread, Ctrl-C stays a plain ``KeyboardInterrupt``.
-
-    ``repeat_interrupts=False`` (under torchrun, which forwards the terminal's Ctrl-C a second time) ignores
-    further Ctrl-C: every rank finishes the step, rank 0 saves, all stop together."""
-
-    def __init__(self, repeat_interrupts: bool = True) -> None:
-        self.requested = False
-        self.repeat_interrupts = repeat_interrupts
-        self._previous = None
-
-    def _handler(self, signum: int, frame: object) -> None:
-        if self.requested and self.repeat_interrupts:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> "StopRequest":
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+    atomic_write_text(out_dir / LOG_NAME, json.dumps(record), what="training log")
 
 
 # -- the run ---------------------------------------------------------------------------------------------------
@@ -310,7 +251,7 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
     for line in notes:
         echo(line)
     optimizer = make_optimizer(model, config)
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    scaler = grad_scaler(precision)
     start, history = 0, []
     if saved is not None:
         start, history = restore_training_state(saved, model, optimizer, scaler, ckpt_path)
@@ -371,15 +312,13 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
 
 def agree(loss: float, stop: bool, info: DistInfo, device: torch.device) -> tuple[float, bool]:
     """The mean loss over the ranks (what one process on the global batch reports) and whether any rank was asked
-    to stop (so all stop after the same step).
+    to stop (:func:`~orand_addon.distributed.any_rank`: all stop after the same step).
 
     >>> agree(0.5, False, DistInfo(), torch.device("cpu"))
     (0.5, False)
     """
-    if not info.enabled:
-        return loss, stop
-    loss_sum, stops = sum_across_ranks([loss, float(stop)], device)
-    return loss_sum / info.world_size, stops > 0
+    (mean,) = mean_across_ranks([loss], device)
+    return mean, any_rank(stop, info, device)
 
 
 __all__ = ["TrainConfig", "train_orandnet", "train_step", "make_optimizer", "build_training_model", "ARCHS"]

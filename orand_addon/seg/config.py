@@ -1,7 +1,7 @@
 """Settings and inputs of ``train-seg``: :class:`SegTrainConfig`, the checks of the numbers and the schedule, and
 :func:`prepare_data`, which reads every training pair (and the validation ground truth) once before anything trains.
 Under torchrun the ranks check the lists together (each its share, :func:`check_share`) and ``--batch-size`` is
-the global batch (:func:`rank_batch`).
+the global batch (:func:`~orand_addon.distributed.rank_batch`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from ..classes import get_class_set, read_id_list
 from ..distributed import DistInfo, shard, sum_across_ranks
 from ..errors import OrandError
+from ..runtime import check_precision
 from .data import MaskReader, MaskSource, check_pairs, parse_mask_source
 from .losses import LOSSES
 from .models import BN_MODES, MODELS
@@ -85,8 +86,7 @@ def check_config(c: SegTrainConfig) -> Schedule:
         raise OrandError(f"--scale-range {c.scale_range[0]},{c.scale_range[1]}: need 0 < low <= high")
     if (c.val_list is None) != (c.gt is None):
         raise OrandError("--val-list and --gt go together: per-epoch validation needs both")
-    if c.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise OrandError(f"unknown precision {c.precision!r}; valid: auto, fp32, bf16, fp16")
+    check_precision(c.precision)
     registries = (("--model", c.model, MODELS), ("--loss", c.loss, LOSSES), ("--bn", c.bn, BN_MODES),
                   ("--optimizer", c.optimizer, OPTIMIZERS))
     for option, value, registry in registries:
@@ -95,24 +95,6 @@ def check_config(c: SegTrainConfig) -> Schedule:
     schedule = parse_schedule(c.scale_schedule)
     check_fits(schedule, c.epochs, c.scale_schedule)
     return schedule
-
-
-def rank_batch(batch_size: int, world_size: int) -> int:
-    """Images per rank and step: the global ``--batch-size`` divided by the number of processes.
-
-    >>> rank_batch(10, 2)
-    5
-    >>> rank_batch(10, 4)
-    Traceback (most recent call last):
-    ...
-    orand_addon.errors.OrandError: --batch-size 10 is the global batch and must be a multiple of the 4 processes (WORLD_SIZE=4); use --batch-size 8 or 12
-    """
-    if batch_size % world_size == 0:
-        return batch_size // world_size
-    low, high = batch_size // world_size * world_size, -(-batch_size // world_size) * world_size
-    choices = f"{low} or {high}" if low else f"{high}"
-    raise OrandError(f"--batch-size {batch_size} is the global batch and must be a multiple of the {world_size} "
-                     f"processes (WORLD_SIZE={world_size}); use --batch-size {choices}")
 
 
 def check_share(ids: Sequence[str], images: str | Path, masks: MaskReader, num_classes: int, what: str,

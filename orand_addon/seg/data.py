@@ -17,12 +17,11 @@ import torch
 from PIL import Image
 
 from ..errors import OrandError
-from ..io.images import image_size, load_image, load_label_png
+from ..io.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 (re-exported)
+from ..io.images import image_size, imagenet_normalize, load_image, load_label_png
 from ..runtime import progress
 
 IGNORE = 255
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 STORE_SUFFIXES = (".h5", ".hdf5")
 
 
@@ -132,15 +131,7 @@ def check_pairs(ids: Sequence[str], images: str | Path, masks: MaskReader, num_c
     return counts
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    """RGB uint8 (H, W, 3) -> float32 (H, W, 3) with ImageNet mean/std (padding with 0 = padding with the mean).
-
-    >>> [round(float(v), 3) for v in normalize(np.full((1, 1, 3), 255, np.uint8))[0, 0]]
-    [2.249, 2.429, 2.64]
-    """
-    mean = np.asarray(IMAGENET_MEAN, np.float32)
-    std = np.asarray(IMAGENET_STD, np.float32)
-    return (image.astype(np.float32) / 255.0 - mean) / std
+normalize = imagenet_normalize  # RGB uint8 (H, W, 3) -> float32, ImageNet mean/std (padding with 0 = the mean)
 
 
 def random_scale_crop_flip(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, crop: int,

@@ -28,7 +28,7 @@ from ..distributed import DistInfo, pick_device, shard, shard_path
 from ..errors import OrandError
 from ..io.images import load_image
 from ..metrics.functional import pixel_counts, segmentation_scores
-from ..runtime import autocast, load_checkpoint, progress
+from ..runtime import autocast, file_digest, first_line, load_checkpoint, progress, resolve_precision
 from .data import load_gt, normalize
 from .models import SegNet, build_model
 from .outputs import MaskOutputs, open_outputs
@@ -49,13 +49,26 @@ def image_confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int, image_id
 
 
 def load_segmenter(checkpoint: str | Path, device: torch.device) -> tuple[SegNet, dict]:
-    """Model and metadata from a ``train-seg`` checkpoint (``last.pt`` or ``model.pt``)."""
+    """Model and metadata from a ``train-seg`` checkpoint (``last.pt`` or ``model.pt``); one-line errors naming the
+    file when it is not one or is damaged."""
     state = load_checkpoint(checkpoint)
-    if not isinstance(state, dict) or "model" not in state or "meta" not in state:
+    if not isinstance(state, dict) or "model" not in state or not isinstance(state.get("meta"), dict):
         raise OrandError(f"{checkpoint}: not a train-seg checkpoint (no model/meta entries)")
     meta = state["meta"]
-    net = build_model(meta["model"], int(meta["num_classes"]), pretrained="none", bn="train")
-    net.load_state_dict(state["model"])
+    try:
+        name, num_classes = str(meta["model"]), int(meta["num_classes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OrandError(f"{checkpoint}: damaged train-seg checkpoint (its meta has no valid model and num_classes: "
+                         f"{type(exc).__name__} {first_line(exc)})") from None
+    try:
+        net = build_model(name, num_classes, pretrained="none", bn="train")
+    except OrandError as exc:
+        raise OrandError(f"{checkpoint}: {exc}") from None
+    try:
+        net.load_state_dict(state["model"])
+    except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+        raise OrandError(f"{checkpoint}: the weights do not fit a {name} with {num_classes} classes "
+                         f"({first_line(exc)})") from None
     return net.to(device).eval(), meta
 
 
@@ -174,8 +187,9 @@ def segment_images(checkpoint: str | Path, images: str | Path, ids: Sequence[str
                    command: str = "segment", dist: DistInfo = DistInfo()) -> dict:
     """Segment ``ids``: PNG masks into ``out`` and/or ``/<group>/<id>`` of ``store``; score against ``gt``.
 
-    Ids already written are skipped (an interrupted run resumes) but still scored. Returns a dict with
-    ``written``, ``skipped``, and with ``gt`` also ``miou`` and ``iou`` (class name -> IoU).
+    Ids already written are skipped (an interrupted run resumes) but still scored; outputs of another checkpoint,
+    or of the same file trained again (its content digest is recorded), are refused unless ``overwrite``. Returns a
+    dict with ``written``, ``skipped``, and with ``gt`` also ``miou`` and ``iou`` (class name -> IoU).
 
     ``dist`` (rank ``r`` of ``w``, from :func:`~orand_addon.distributed.dist_info` under torchrun): this rank
     segments ``ids[r::w]`` into ``out`` and its shard of ``store`` (:mod:`.outputs`; ``written``/``skipped`` count
@@ -192,9 +206,11 @@ def segment_images(checkpoint: str | Path, images: str | Path, ids: Sequence[str
     if gt is not None:
         check_gt_files(gt, mine)
     dev = pick_device(device, dist)
+    precision = resolve_precision(dev, precision)
     net, meta = load_segmenter(checkpoint, dev)
     names = list(meta.get("class_names") or [str(i) for i in range(net.num_classes)])
-    parameters = {"checkpoint": str(Path(checkpoint).resolve()), "scales": list(scales), "flip": flip, "crf": crf}
+    parameters = {"checkpoint": str(Path(checkpoint).resolve()), "checkpoint_sha256": file_digest(checkpoint),
+                  "scales": list(scales), "flip": flip, "crf": crf}
     out = Path(out) if out is not None else None
     store = Path(store) if store is not None else None
     settings = InferenceSettings(tuple(scales), flip, crf, precision)

@@ -1,18 +1,18 @@
 """Where ``segment`` writes its masks and finds those of earlier runs: a folder of PNGs and/or a store group.
 
-One process writes the store itself. Under torchrun (``RANK``/``WORLD_SIZE``) rank ``r`` of ``w`` writes its ids
-into its own shard ``STEM.rank{r}-of-{w}.h5`` (HDF5 allows one writer per file; flushed after every mask, so a killed
-rank keeps what it wrote) and skips the ids that the main store already holds from the same parameters (read-only);
-``orand-addon merge --from-shards STORE.h5`` joins the shards. PNGs need no merge: the ranks' ids are disjoint and
-every file is written atomically (temporary name, then rename), so the ranks share the folder, and a rerun skips the
-files that exist.
+One process writes the store itself, flushing it every :data:`FLUSH_EVERY` masks and at the end (a crash leaves a
+readable store with all but the last few masks). Under torchrun (``RANK``/``WORLD_SIZE``) rank ``r`` of ``w``
+writes its ids into its own shard ``STEM.rank{r}-of-{w}.h5`` (HDF5 allows one writer per file; flushed after every
+mask, so a killed rank keeps what it wrote) and skips the ids that the main store already holds from the same
+parameters (read-only); ``orand-addon merge --from-shards STORE.h5`` joins the shards. PNGs need no merge: the
+ranks' ids are disjoint and every file is written atomically (temporary name, then rename), so the ranks share the
+folder, and a rerun skips the files that exist.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,9 +22,26 @@ from ..distributed import DistInfo
 from ..errors import OrandError
 from ..io.images import load_label_png, save_label_png
 from ..merge import done_ids, finish_shard, open_shard, start_shard
+from ..runtime import atomic_write_text
 from ..store import Store
 
 RECORD = "segment.json"
+FLUSH_EVERY = 64  # masks between two flushes of a one-process store (as fuse and predict)
+
+
+def recorded_parameters(record: Path) -> dict:
+    """The parameters in a folder's ``segment.json``; a one-line error naming it when it is not such a record."""
+    try:
+        doc = json.loads(record.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or (exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc))
+        raise OrandError(f"{record}: unreadable record of an earlier segment run ({reason}); delete it or use a new "
+                         f"--out") from None
+    parameters = doc.get("parameters") if isinstance(doc, dict) else None
+    if not isinstance(parameters, dict):
+        raise OrandError(f"{record}: not a record of an earlier segment run (no parameters); delete it or use a new "
+                         f"--out")
+    return parameters
 
 
 def check_png_folder(out: Path, parameters: dict, overwrite: bool) -> None:
@@ -32,15 +49,13 @@ def check_png_folder(out: Path, parameters: dict, overwrite: bool) -> None:
     ``segment.json`` (atomically: every rank of a sharded run writes the same record)."""
     record = out / RECORD
     if record.is_file() and not overwrite:
-        old = json.loads(record.read_text()).get("parameters")
-        if old != parameters:
-            diff = sorted(k for k in set(old or {}) | set(parameters) if (old or {}).get(k) != parameters.get(k))
+        old = recorded_parameters(record)
+        new = json.loads(json.dumps(parameters, default=str))
+        if old != new:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise OrandError(f"{out}: masks there were written with other parameters ({', '.join(diff)} differ); "
                              f"use a new --out or --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{RECORD}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"parameters": parameters}, indent=1))
-    os.replace(tmp, record)
+    atomic_write_text(record, json.dumps({"parameters": parameters}, indent=1, default=str), what="segment record")
 
 
 def done_in_store(path: Path, group: str, class_names: Sequence[str], parameters: dict,
@@ -61,6 +76,7 @@ class MaskOutputs:
         self.out, self.store, self.group = out, store, group
         self.earlier_path, self.earlier_ids, self.flush_each = earlier, earlier_ids, flush_each
         self._earlier: Store | None = None
+        self._unflushed = 0
 
     def done(self, image_id: str) -> bool:
         """Whether every output already holds ``image_id``."""
@@ -83,13 +99,20 @@ class MaskOutputs:
             save_label_png(self.out / f"{image_id}.png", mask)
         if self.store is not None:
             self.store.write_mask(self.group, image_id, mask)
-            if self.flush_each:
+            self._unflushed += 1
+            if self.flush_each or self._unflushed >= FLUSH_EVERY:
                 self.store.flush()
+                self._unflushed = 0
 
     def close(self) -> None:
-        for store in (self.store, self._earlier):
-            if store is not None:
-                store.close()
+        try:
+            if self.store is not None and self._unflushed and self.store.h5.id.valid:
+                self.store.flush()
+                self._unflushed = 0
+        finally:
+            for store in (self.store, self._earlier):
+                if store is not None:
+                    store.close()
 
 
 @contextlib.contextmanager

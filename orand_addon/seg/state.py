@@ -1,5 +1,5 @@
-"""``train-seg``'s run folder: the resumable ``last.pt`` (weights, optimizer, RNG, position inside the epoch) and
-the checks that a run folder may be started or resumed.
+"""``train-seg``'s run folder: the resumable ``last.pt`` (weights, optimizer, RNG states of the CPU and, when CUDA
+is in use, of the GPUs, position inside the epoch) and the checks that a run folder may be started or resumed.
 
 ``--batch-size`` is the global batch (all processes together), so a checkpoint continues with any number of
 processes that divides it: a run of 4 GPUs can resume on 1 and vice versa; another ``--batch-size`` is refused.
@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..errors import OrandError
-from ..runtime import atomic_save, load_checkpoint
+from ..runtime import atomic_save, first_line, load_checkpoint, rng_state, set_rng_state
 
 CHECKPOINT = "last.pt"
 FINAL = "model.pt"
@@ -35,7 +33,7 @@ def save_state(path: Path, net, optimizer, scaler, position: dict, run: dict, me
     """Everything a resumed run needs; ``run['batch_size']`` is the global batch the steps were taken with."""
     atomic_save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "meta": meta, "run": run,
                  "scaler": scaler.state_dict() if scaler is not None else None, "position": position,
-                 "rng": {"torch": torch.get_rng_state()}}, path)
+                 "rng": rng_state()}, path)
 
 
 def check_same_run(path: Path, saved: dict, run: dict) -> None:
@@ -59,15 +57,23 @@ def check_same_run(path: Path, saved: dict, run: dict) -> None:
 def restore_state(path: Path, net, optimizer, scaler, run: dict) -> dict:
     """Load ``last.pt`` into the objects (after checking the run is the same); returns its position."""
     state = load_checkpoint(path)
-    if not isinstance(state, dict) or "position" not in state or "run" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("position"), dict) or not isinstance(
+            state.get("run"), dict):
         raise OrandError(f"{path}: not a resumable train-seg checkpoint")
     check_same_run(path, state["run"], run)
-    net.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    return dict(state["position"])
+    try:
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        position = dict(state["position"])
+        for key in ("epoch", "batch"):
+            position[key] = int(position[key])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise OrandError(f"--resume: {path} is damaged ({type(exc).__name__}: {first_line(exc)}); start a new --out"
+                         ) from None
+    return position
 
 
 def save_final(path: Path, net, run: dict, meta: dict) -> Path:

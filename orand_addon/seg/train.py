@@ -18,12 +18,16 @@ DistributedDataParallel (gloo on the CPU, nccl on CUDA, rank r on ``cuda:LOCAL_R
   (:func:`train_step`), so DDP's mean of the ranks' gradients is the gradient one process computes on the whole
   batch; the logged loss is the global batch's.
 * BatchNorm layers that train become SyncBatchNorm on CUDA (statistics over the global batch). PyTorch's
-  SyncBatchNorm needs GPUs: on the CPU, trained BatchNorm keeps per-rank statistics, so there a DDP run equals one
-  process only with frozen BatchNorm (``--bn frozen``, or ``auto`` with pretrained weights; the DeepLab-v2 models,
-  whose head has no BatchNorm and no dropout).
+  SyncBatchNorm needs GPUs: on the CPU, trained BatchNorm normalises each rank's share with its own statistics
+  (the running statistics are averaged over the ranks after every step,
+  :func:`~orand_addon.distributed.average_running_stats`), so there a DDP run equals one process only with frozen
+  BatchNorm (``--bn frozen``, or ``auto`` with pretrained weights; the DeepLab-v2 models, whose head has no
+  BatchNorm and no dropout).
 * Rank 0 alone logs, shows progress and writes the run folder; validation is split over the ranks and their
-  confusion matrices summed (the same mIoU as one process). Ctrl-C: every rank finishes the current step, rank 0
-  saves ``last.pt``, all stop (``--resume`` continues, with any number of processes dividing ``--batch-size``).
+  confusion matrices summed (the same mIoU as one process). Ctrl-C: every rank finishes the current step (a
+  second Ctrl-C during a step is held until it ends, so ``last.pt`` is always consistent), rank 0 saves
+  ``last.pt``, all stop (``--resume`` continues, with any number of processes dividing ``--batch-size``); Ctrl-C
+  during the validation stops after it. DataLoader workers leave Ctrl-C to the main process.
 
 So one process with the same ``--batch-size`` takes the same steps, within float tolerance.
 """
@@ -38,12 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..distributed import (DistInfo, barrier, convert_sync_batchnorm, dist_info, process_group, shard,
-                           sum_across_ranks, wrap_ddp)
+from ..distributed import (DistInfo, any_rank, average_running_stats, barrier, convert_sync_batchnorm, dist_info,
+                           process_group, rank_batch, shard, sum_across_ranks, unwrap, wrap_ddp)
 from ..metrics.functional import segmentation_scores
-from ..orandnet.train import StopRequest
-from ..runtime import Interrupted, poly_lr, progress, seed_everything
-from .config import OPTIMIZERS, PreparedData, SegTrainConfig, check_config, prepare_data, rank_batch
+from ..runtime import (Interrupted, StopRequest, atomic_write_text, autocast, cudnn_mode, grad_scaler, ids_digest,
+                       ignore_sigint, poly_lr, progress, resolve_precision, seed_everything)
+from .config import OPTIMIZERS, PreparedData, SegTrainConfig, check_config, prepare_data
 from .data import EpochSampler, TrainPairs, batches_per_epoch, downsample_pair
 from .infer import validation_confusion
 from .losses import build_loss
@@ -59,12 +63,13 @@ __all__ = ["SegTrainConfig", "OPTIMIZERS", "train_segmentation", "train_step", "
 
 def build_training(c: SegTrainConfig, data: PreparedData, device: torch.device):
     """Model (on ``device``; SyncBatchNorm under DDP on CUDA), optimizer with a 10x head, loss, and a GradScaler
-    for fp16 (else None)."""
+    when the resolved precision is fp16 (else None)."""
     net = build_model(c.model, len(data.class_names), c.pretrained, c.bn).to(device)
     net = convert_sync_batchnorm(net, device)
     optimizer = build_optimizer(c, param_groups(net, c.weight_decay, c.head_lr_mult))
     loss_fn = build_loss(c.loss, len(data.class_names), data.class_counts, c.smoothing).to(device)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and c.precision == "fp16" else None
+    precision = resolve_precision(device, c.precision)
+    scaler = grad_scaler(precision) if precision == "fp16" else None
     return net, optimizer, loss_fn, scaler
 
 
@@ -85,7 +90,7 @@ def make_loader(c: SegTrainConfig, dataset: TrainPairs, epoch: int, start_batch:
     generator = torch.Generator().manual_seed(c.seed * 100003 + epoch)
     return torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, drop_last=True,
                                        num_workers=c.workers if c.workers > 1 else 0, generator=generator,
-                                       pin_memory=pin_memory)
+                                       pin_memory=pin_memory, worker_init_fn=ignore_sigint)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, c: SegTrainConfig, step: int, total: int) -> float:
@@ -97,14 +102,14 @@ def set_lr(optimizer: torch.optim.Optimizer, c: SegTrainConfig, step: int, total
 
 def train_step(net: SegNet, images: torch.Tensor, masks: torch.Tensor, loss_fn, optimizer, scaler,
                device: torch.device, precision: str, ranks: DistInfo = DistInfo()) -> float:
-    """One optimizer step (autocast on a GPU, gradient scaling for fp16); returns the loss of the global batch.
+    """One optimizer step (autocast on a GPU at the resolved ``precision``, gradient scaling for fp16); returns the
+    loss of the global batch.
 
     Under DDP (``net`` wrapped, ``ranks`` of the process group) ``images`` are this rank's share: its loss sum is
     divided by the weight (labelled pixels) of the whole global batch times the number of ranks, so that DDP's
-    mean over the ranks' gradients is the gradient of the global batch's loss, as one process computes it.
+    mean over the ranks' gradients is the gradient of the global batch's loss, as one process computes it; the
+    BatchNorm statistics each rank updated are then averaged over the ranks.
     """
-    from ..runtime import autocast
-
     optimizer.zero_grad(set_to_none=True)
     with autocast(device, precision):
         logits = net(images)
@@ -120,36 +125,19 @@ def train_step(net: SegNet, images: torch.Tensor, masks: torch.Tensor, loss_fn, 
     else:
         loss.backward()
         optimizer.step()
+    average_running_stats(unwrap(net), ranks)
     return total_all / norm
 
 
-def agree_to_stop(requested: bool, info: DistInfo, device: torch.device) -> bool:
-    """Whether any rank was asked to stop (Ctrl-C), so that all stop after the same step.
-
-    >>> agree_to_stop(True, DistInfo(), torch.device("cpu"))
-    True
-    """
-    if not info.enabled:
-        return requested
-    return sum_across_ranks([float(requested)], device)[0] > 0
-
-
-def sync_buffers(model: torch.nn.Module) -> None:
-    """Rank 0's buffers (BatchNorm statistics) on every rank, as DDP does before each forward pass: without
-    SyncBatchNorm (CPU) the ranks' running statistics drift apart during a step; the model saved is rank 0's."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        for buffer in model.buffers():
-            dist.broadcast(buffer, src=0)
-
-
 def _run_record(c: SegTrainConfig, data: PreparedData) -> dict:
+    """The run-defining settings (:data:`~.state.RUN_DEFINING`); ``train_ids`` is a digest of the training list
+    (another list of as many images is another run)."""
     from .schedule import format_schedule
 
     record = {k: v for k, v in asdict(c).items() if k in RUN_DEFINING}
     record.update(class_names=data.class_names, scale_schedule=format_schedule(data.schedule),
-                  scale_range=[float(x) for x in c.scale_range], train_ids=len(data.train_ids))
+                  scale_range=[float(x) for x in c.scale_range], train_ids=ids_digest(data.train_ids),
+                  n_train_ids=len(data.train_ids))
     return record
 
 
@@ -160,6 +148,7 @@ class _Training:
     c: SegTrainConfig
     info: DistInfo
     device: torch.device
+    precision: str  # resolved: fp32 on the CPU
     net: torch.nn.Module
     model: SegNet
     optimizer: torch.optim.Optimizer
@@ -198,8 +187,6 @@ def _start(c: SegTrainConfig, schedule: Schedule, info: DistInfo, device: torch.
     """Everything checked and built, the checkpoint restored; returns the run and its position."""
     out = Path(c.out)
     data = prepare_data(c, schedule, info, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # a few input sizes only (one per scale-schedule phase)
     seed_everything(c.seed)
     model, optimizer, loss_fn, scaler = build_training(c, data, device)
     run = _run_record(c, data)
@@ -210,13 +197,14 @@ def _start(c: SegTrainConfig, schedule: Schedule, info: DistInfo, device: torch.
     log = open_log(out, info)
     if info.is_main:
         record = {**asdict(c), **run, "processes": info.world_size}
-        (out / "config.json").write_text(json.dumps(record, indent=1, default=str))
+        atomic_write_text(out / "config.json", json.dumps(record, indent=1, default=str), what="run settings")
     if info.enabled:
         log.message(f"training on {info.world_size} processes, {rank_batch(c.batch_size, info.world_size)} images "
                     f"each per step (global batch {c.batch_size})")
     dataset = TrainPairs(data.train_ids, c.images, data.masks, c.crop_size, tuple(c.scale_range), c.seed)
-    job = _Training(c, info, device, wrap_ddp(model, device), model, optimizer, loss_fn, scaler, data, dataset,
-                    log, run, meta)
+    net = wrap_ddp(model, device, broadcast_buffers=False)  # BatchNorm statistics: averaged after every step
+    job = _Training(c, info, device, resolve_precision(device, c.precision), net, model, optimizer, loss_fn, scaler,
+                    data, dataset, log, run, meta)
     return job, position
 
 
@@ -224,12 +212,12 @@ def _train(c: SegTrainConfig, schedule: Schedule, info: DistInfo, device: torch.
     out = Path(c.out)
     job, position = _start(c, schedule, info, device)
     job.model.train()
-    try:
-        with StopRequest(repeat_interrupts=not info.enabled) as stop:
+    try:  # cuDNN picks its fastest kernels: a few input sizes only (one per scale-schedule phase)
+        with StopRequest(repeat_interrupts=not info.enabled) as stop, cudnn_mode(deterministic=False, benchmark=True):
             for epoch in range(position["epoch"], c.epochs):
                 stopped = _train_epoch(job, epoch, position, stop)
                 job.checkpoint(position)
-                if stopped:
+                if stopped and position["epoch"] < c.epochs:
                     raise Interrupted(_interrupted(position, out))
     except KeyboardInterrupt:
         if info.is_main:
@@ -250,8 +238,9 @@ def _interrupted(position: dict, out: Path) -> str:
 
 def _train_epoch(job: _Training, epoch: int, position: dict, stop: StopRequest) -> bool:
     """Train one epoch from ``position['batch']``, updating ``position`` after every step, then validate and log
-    it; returns True when the ranks agreed to stop (Ctrl-C) after a step, leaving the epoch's end (even just its
-    validation) to the resumed run."""
+    it; returns True when the ranks agreed to stop (Ctrl-C): after a step, leaving the epoch's end (even just its
+    validation) to the resumed run, or after the validation. A step and its position update are one unit: Ctrl-C
+    during it is held until both are done."""
     c, info, device = job.c, job.info, job.device
     factor = factor_for_epoch(job.data.schedule, epoch)
     if position["batch"] == 0:
@@ -268,14 +257,15 @@ def _train_epoch(job: _Training, epoch: int, position: dict, stop: StopRequest) 
             images = images.to(device, non_blocking=True)
             masks = masks.to(device, non_blocking=True)
             images, masks = downsample_pair(images, masks, factor)
-            lr = set_lr(job.optimizer, c, epoch * job.steps + position["batch"], total)
-            loss = train_step(job.net, images, masks, job.loss_fn, job.optimizer, job.scaler, device, c.precision,
-                              info)
-            position.update(batch=position["batch"] + 1, loss_sum=position["loss_sum"] + loss,
-                            seconds=time.perf_counter() - started)
+            with stop.step():
+                lr = set_lr(job.optimizer, c, epoch * job.steps + position["batch"], total)
+                loss = train_step(job.net, images, masks, job.loss_fn, job.optimizer, job.scaler, device,
+                                  job.precision, info)
+                position.update(batch=position["batch"] + 1, loss_sum=position["loss_sum"] + loss,
+                                seconds=time.perf_counter() - started)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
-            if agree_to_stop(stop.requested, info, device):
+            if any_rank(stop.requested, info, device):
                 return True
     val = validate(job)
     row = {"epoch": epoch + 1, "factor": factor, "input_px": max(1, c.crop_size // factor), "steps": job.steps,
@@ -284,18 +274,18 @@ def _train_epoch(job: _Training, epoch: int, position: dict, stop: StopRequest) 
     job.log.epoch(row)
     job.log.message(f"epoch {epoch + 1}: loss {row['loss']}" + ("" if val is None else f", val mIoU {100 * val:.2f}"))
     position.update(epoch=epoch + 1, batch=0, loss_sum=0.0, seconds=0.0)
-    return False
+    return any_rank(stop.requested, info, device)
 
 
 def validate(job: _Training) -> float | None:
-    """Single-scale mIoU of the validation list (None without one); each rank scores its share with rank 0's
-    model and the confusion matrices are summed, so the result is the one-process mIoU."""
+    """Single-scale mIoU of the validation list (None without one); each rank scores its share with the same model
+    (the ranks' weights and averaged statistics are equal) and the confusion matrices are summed, so the result is
+    the one-process mIoU."""
     if not job.data.val_ids:
         return None
     info = job.info
-    sync_buffers(job.model)
     mine = shard(job.data.val_ids, info.rank, info.world_size)
-    conf = validation_confusion(job.model, mine, job.c.images, job.c.gt, job.device, job.c.precision)
+    conf = validation_confusion(job.model, mine, job.c.images, job.c.gt, job.device, job.precision)
     if info.enabled:
         conf = np.rint(sum_across_ranks(conf.ravel().tolist(), job.device)).astype(np.int64).reshape(conf.shape)
     return float(segmentation_scores(conf)["mean_iou"])

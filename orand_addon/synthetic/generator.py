@@ -17,7 +17,6 @@ synthetic image has exact ground truth, unlike VOC's SBD part).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from PIL import Image
 from ..classes import ClassSet, ImageLabels, get_class_set, load_labels
 from ..errors import OrandError
 from ..io.images import save_label_png
-from ..runtime import progress
+from ..runtime import atomic_write, atomic_write_text, progress
 from .scene import CLASS_NAMES, render_scene, sample_scene
 
 GENERATOR_VERSION = 1
@@ -123,9 +122,7 @@ def _info(root: Path, manifest: dict) -> DatasetInfo:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _complete(info: DatasetInfo) -> bool:
@@ -182,18 +179,14 @@ def make_dataset(root: str | Path, n_train: int, n_val: int, image_size: int | t
     for split, index in progress(jobs, desc="synthetic data", unit="img", enabled=show_progress):
         name = image_id(split, index)
         image, mask = generate_image(seed, split, index, size)
-        tmp = info.images / f".{name}.tmp.jpg"
-        Image.fromarray(image).save(tmp, format="JPEG", quality=JPEG_QUALITY)
-        os.replace(tmp, info.images / f"{name}.jpg")
+        atomic_write(info.images / f"{name}.jpg",
+                     lambda fh: Image.fromarray(image).save(fh, format="JPEG", quality=JPEG_QUALITY), what="image")
         save_label_png(info.masks / f"{name}.png", mask)
         labels[name] = mask_classes(mask, len(CLASS_NAMES) - 1)
     train_list = "".join(f"{i}\n" for i in info.train_ids)
     for split, text in (("train_aug", train_list), ("train", train_list), ("val", "".join(f"{i}\n" for i in info.val_ids))):
         _write_text(info.list_path(split), text)
     _write_text(info.classes_path, "".join(f"{n}\n" for n in CLASS_NAMES))
-    tmp = root / ".cls_labels.tmp.npy"
-    with open(tmp, "wb") as fh:
-        np.save(fh, labels, allow_pickle=True)
-    os.replace(tmp, info.labels_path)
+    atomic_write(info.labels_path, lambda fh: np.save(fh, labels, allow_pickle=True), what="labels file")
     _write_text(marker, json.dumps(manifest, indent=1) + "\n")
     return info
