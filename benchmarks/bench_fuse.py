@@ -4,7 +4,8 @@ Makes N VOC-sized (375x500) image pairs with 1-3 classes in the native AMN (torc
 and MCTformer layouts, then measures in one run:
 
 * load only: ``np.load(allow_pickle=True).item()`` of both files of every pair (the reference code's way), and
-  the same through orand-addon's restricted unpickler;
+  the same through orand-addon's restricted unpickler, both inside this process (torch already imported), and
+  the reference way again as its own process (start-up and torch import included, as for ``fuse``);
 * ``orand-addon fuse`` with ``--workers 1`` and ``--workers 2`` (the real console script, timed end to end,
   interpreter and torch start-up included);
 * each with the files evicted from the page cache first (``posix_fadvise DONTNEED``: a real train_aug dump of
@@ -77,6 +78,27 @@ def time_load(folders: list[Path], safe: bool) -> float:
     return time.perf_counter() - t0
 
 
+LOAD_SCRIPT = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "import numpy as np\n"
+    "folders = [Path(f) for f in sys.argv[1:]]\n"
+    "for p in sorted(folders[0].glob('*.npy')):\n"
+    "    for folder in folders:\n"
+    "        assert np.load(folder / p.name, allow_pickle=True).item() is not None\n"
+)
+
+
+def time_load_process(folders: list[Path]) -> float:
+    """Loading every pair the reference code's way in a fresh interpreter, timed end to end like ``fuse``
+    (start-up included; unpickling AMN's torch tensors imports torch, as it does for fuse)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, *map(str, folders)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"load failed: {proc.stderr.strip()}")
+    return time.perf_counter() - t0
+
+
 def time_fuse(a: Path, b: Path, labels: Path, out: Path, workers: int, ids: Path | None = None) -> tuple[float, int]:
     if out.exists():
         out.unlink()
@@ -132,6 +154,8 @@ def main() -> None:
             timings[f"load_{cache}"] = time_load([a, b], safe=False)
             prepare([a, b])
             timings[f"load_safe_{cache}"] = time_load([a, b], safe=True)
+            prepare([a, b])
+            timings[f"load_process_{cache}"] = time_load_process([a, b])
             for workers in (1, 2):
                 prepare([a, b])
                 timings[f"fuse{workers}_{cache}"], timings[f"peak{workers}_{cache}"] = time_fuse(
@@ -148,13 +172,15 @@ def main() -> None:
             "peak_rss_mb_n_quarter": round(peak_quarter / 1024),
         }
         for cache in ("cold", "warm"):
-            load = timings[f"load_{cache}"]
+            load, load_process = timings[f"load_{cache}"], timings[f"load_process_{cache}"]
             result[f"load_{cache}_s"] = round(load, 2)
             result[f"load_safe_{cache}_s"] = round(timings[f"load_safe_{cache}"], 2)
+            result[f"load_process_{cache}_s"] = round(load_process, 2)
             for w in (1, 2):
                 t = timings[f"fuse{w}_{cache}"]
                 result[f"fuse_workers{w}_{cache}_s"] = round(t, 2)
                 result[f"ratio_workers{w}_{cache}"] = round(t / load, 2)
+                result[f"ratio_process_workers{w}_{cache}"] = round(t / load_process, 2)
                 result[f"images_per_s_workers{w}_{cache}"] = round(args.n / t, 1)
                 result[f"peak_rss_mb_workers{w}_{cache}"] = round(timings[f"peak{w}_{cache}"] / 1024)
     finally:
@@ -168,9 +194,11 @@ def main() -> None:
         load = result[f"load_{cache}_s"]
         rows.append((f"[{cache} page cache] load only, np.load", f"{load} s"))
         rows.append((f"[{cache} page cache] load only, restricted", f"{result[f'load_safe_{cache}_s']} s"))
+        rows.append((f"[{cache} page cache] load only, own process", f"{result[f'load_process_{cache}_s']} s"))
         for w in (1, 2):
             rows.append((f"[{cache} page cache] fuse --workers {w}",
-                         f"{result[f'fuse_workers{w}_{cache}_s']} s = {result[f'ratio_workers{w}_{cache}']}x load, "
+                         f"{result[f'fuse_workers{w}_{cache}_s']} s = {result[f'ratio_workers{w}_{cache}']}x load "
+                         f"({result[f'ratio_process_workers{w}_{cache}']}x as a process), "
                          f"{result[f'images_per_s_workers{w}_{cache}']} img/s, peak {result[f'peak_rss_mb_workers{w}_{cache}']} MB"))
     rows.append(("peak RSS of fuse at N/4 (workers 1)", f"{result['peak_rss_mb_n_quarter']} MB"))
     width = max(len(r[0]) for r in rows)

@@ -1,10 +1,12 @@
 """Shared machinery of the training and prediction shells: device, precision, seeding, RNG states, checkpoints and
 atomic files, progress, Ctrl-C (:class:`StopRequest`, :func:`deferred_interrupt`), worker processes that leave
-Ctrl-C to the main process (:func:`ignore_sigint`, :func:`worker_pool`) and digests for provenance."""
+Ctrl-C to the main process (:func:`ignore_sigint`, :func:`worker_pool`), returning freed heap memory
+(:func:`release_memory`) and digests for provenance."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import random
@@ -407,6 +409,37 @@ def worker_pool(processes: int, initializer: Callable[..., None] | None = None,
     method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     return mp.get_context(method).Pool(processes, initializer=_init_pool_worker,
                                        initargs=(initializer, tuple(initargs)))
+
+
+# -- memory --------------------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to trim
+        return None
+
+
+def release_memory() -> bool:
+    """Hand the heap's free pages back to the operating system (glibc ``malloc_trim``); False where there is none.
+
+    Streaming loops that allocate many differently sized arrays (one image's maps after another) otherwise see
+    their resident memory creep up with the number of images although nothing is kept: glibc keeps the freed,
+    fragmented pages. Calling this every few images keeps the peak flat at a cost of a few per cent.
+
+    >>> isinstance(release_memory(), bool)
+    True
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 # -- provenance ----------------------------------------------------------------------------------------------------
