@@ -7,48 +7,37 @@ The public Python API is re-exported here and imported lazily (``import orand_ad
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "fuse_or": "orand_addon.fusion",
-    "fuse_and": "orand_addon.fusion",
-    "fuse_mean": "orand_addon.fusion",
-    "normalize_max": "orand_addon.fusion",
-    "read_cams": "orand_addon.io.sources",
-    "CamRecord": "orand_addon.io.formats",
-    "CAM_FORMATS": "orand_addon.io.formats",
-    "Store": "orand_addon.store",
-    "maps_to_mask": "orand_addon.masks",
-    "run_fuse": "orand_addon.fuse",
-    "FuseOptions": "orand_addon.fuse",
-    "OrandError": "orand_addon.errors",
-    "random_walk": "orand_addon.irn.random_walk",
-    "confusion_matrix": "orand_addon.metrics.functional",
-    "segmentation_scores": "orand_addon.metrics.functional",
-    "ConfusionAccumulator": "orand_addon.metrics.functional",
-    "ThresholdSweep": "orand_addon.metrics.functional",
-    "evaluate": "orand_addon.metrics.evaluate",
-    "EvalResult": "orand_addon.metrics.evaluate",
-    "train_orandnet": "orand_addon.orandnet.train",
-    "TrainConfig": "orand_addon.orandnet.train",
-    "predict_orandnet": "orand_addon.orandnet.predict",
-    "PredictConfig": "orand_addon.orandnet.predict",
-    "train_segmentation": "orand_addon.seg.train",
-    "SegTrainConfig": "orand_addon.seg.train",
-    "segment_images": "orand_addon.seg.infer",
+    "fuse_or": "fusion",
+    "fuse_and": "fusion",
+    "fuse_mean": "fusion",
+    "normalize_max": "fusion",
+    "read_cams": "io.sources",
+    "CamRecord": "io.formats",
+    "CAM_FORMATS": "io.formats",
+    "Store": "store",
+    "maps_to_mask": "masks",
+    "run_fuse": "fuse",
+    "FuseOptions": "fuse",
+    "OrandError": "errors",
+    "random_walk": "irn.random_walk",
+    "confusion_matrix": "metrics.functional",
+    "segmentation_scores": "metrics.functional",
+    "ConfusionAccumulator": "metrics.functional",
+    "ThresholdSweep": "metrics.functional",
+    "evaluate": "metrics.evaluate",
+    "EvalResult": "metrics.evaluate",
+    "train_orandnet": "orandnet.train",
+    "TrainConfig": "orandnet.train",
+    "predict_orandnet": "orandnet.predict",
+    "PredictConfig": "orandnet.predict",
+    "train_segmentation": "seg.train",
+    "SegTrainConfig": "seg.train",
+    "segment_images": "seg.infer",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'orand_addon' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["__version__"])

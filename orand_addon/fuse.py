@@ -250,6 +250,16 @@ def _process_in_worker(image_id: str) -> tuple:
         return image_id, None, exc, []
 
 
+def absolute(path: str | None) -> str | None:
+    """An existing file or folder as its absolute path (a rerun from another folder, or with the absolute path,
+    records the same parameters); anything else (None, ``<dict>``, the bundled labels) unchanged.
+
+    >>> absolute(".") == str(Path.cwd()), absolute("<dict>"), absolute(None)
+    (True, '<dict>', None)
+    """
+    return str(Path(path).resolve()) if path and Path(path).exists() else path
+
+
 def target_groups(options: FuseOptions, n_sources: int) -> list[str]:
     groups = list(options.kinds)
     if options.keep_sources:
@@ -311,7 +321,7 @@ def run_fuse(
     todo_all = resolve_ids(opened, ids, options.on_missing, report)
     groups = target_groups(options, len(sources))
     parameters = {**asdict(options), "formats": job.formats, "class_set": class_set.name,
-                  "labels": getattr(labels, "source", None), "images": job.images}
+                  "labels": absolute(getattr(labels, "source", None)), "images": absolute(job.images)}
     provenance = {"command": command, "parameters": parameters,
                   "sources": [{"name": SOURCE_NAMES[i], "path": str(Path(p).resolve()) if ":" not in str(p) else str(p),
                                "format": f} for i, (p, f) in enumerate(zip(job.sources, job.formats))]}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import gt_mask, reference_or_and, voc_mini_ids, write_voc_mini_cams
+from helpers import JPEG, gt_classes, gt_mask, reference_or_and, voc_mini_ids, write_voc_mini_cams
 from orand_addon import fuse as fuse_module
 from orand_addon.cli import cli
 from orand_addon.store import Store
@@ -237,6 +237,27 @@ def test_rerun_with_other_parameters_is_refused(amn_mct):
     res = run("fuse", "--cams-a", tmp / "amn", "--cams-b", tmp / "mct", "--out", out, "--fusion-norm", "none",
               "--no-progress")
     assert res.exit_code == 2 and "with other parameters (normalize differ)" in res.output
+
+
+def test_relative_and_absolute_paths_of_the_same_labels_and_images_resume(amn_mct, monkeypatch):
+    tmp, a, _ = amn_mct
+    ids = sorted(a)
+    labels = {i: np.eye(20, dtype=np.float32)[gt_classes(gt_mask(i))].sum(0) for i in ids}
+    np.save(tmp / "labels.npy", labels)
+    shutil.copytree(JPEG, tmp / "JPEGImages")
+    (tmp / "first.txt").write_text("\n".join(ids[:3]) + "\n")
+    out = tmp / "x.h5"
+    monkeypatch.chdir(tmp)
+    res = run("fuse", "--cams-a", "amn", "--cams-b", "mct", "--out", "x.h5", "--labels", "labels.npy",
+              "--images", "JPEGImages", "--ids", "first.txt", "--no-progress")
+    assert res.exit_code == 0 and "fused 3 images" in res.output, res.output
+    monkeypatch.chdir(tmp.parent)
+    res = run("fuse", "--cams-a", tmp / "amn", "--cams-b", tmp / "mct", "--out", out, "--labels", tmp / "labels.npy",
+              "--images", tmp / "JPEGImages", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert f"fused {len(ids) - 3} images (3 already in the store)" in res.output
+    with Store(out) as s:
+        assert s.provenance["parameters"]["labels"] == str((tmp / "labels.npy").resolve())
 
 
 def test_unwritable_output_is_one_line(amn_mct):

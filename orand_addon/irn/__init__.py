@@ -13,8 +13,7 @@ when needed); ``refine`` and ``random_walk`` share their module's name, so impor
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "walk_to_maps": "random_walk",
@@ -30,10 +29,4 @@ _EXPORTS: dict[str, str] = {
     "run_walk": "walk_step",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

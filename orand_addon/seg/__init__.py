@@ -7,8 +7,7 @@ The Python API, imported lazily (``orand_addon.seg.schedule`` needs no torch)::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "SegTrainConfig": "train",
@@ -22,10 +21,4 @@ _EXPORTS: dict[str, str] = {
     "factor_for_epoch": "schedule",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
