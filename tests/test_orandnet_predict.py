@@ -141,6 +141,8 @@ def test_bad_checkpoints_and_stores_give_one_line(store_copy, tmp_path):
     torch.save({"model": shutil.Error("not a tensor")}, evil)
     wrong = tmp_path / "wrong.pt"
     saved = torch.load(ckpt, weights_only=True)
+    bare = tmp_path / "bare.pt"
+    torch.save(saved["model"], bare)
     torch.save({**saved, "model": FCN8s(width_div=16).state_dict()}, wrong)
     expected = {
         corrupt: f"{corrupt}: corrupt or unreadable checkpoint (not a torch.save archive; truncated?)",
@@ -149,6 +151,8 @@ def test_bad_checkpoints_and_stores_give_one_line(store_copy, tmp_path):
         wrong: f"{wrong}: not an ORANDNet fcn8s checkpoint (features.0.weight has shape (4, 1, 3, 3), expected "
                f"(8, 1, 3, 3))",
         tmp_path / "absent.pt": f"{tmp_path / 'absent.pt'}: checkpoint not found",
+        bare: f"{bare}: holds ORANDNet weights only, without the architecture and loss they were trained with; use "
+              f"the last.pt that 'orand-addon train' wrote",
     }
     for path, message in expected.items():
         res = run("predict", "--store", store, "--checkpoint", path, *TINY_ARGS)

@@ -257,7 +257,8 @@ def model_from_state(state: Mapping[str, torch.Tensor], arch: str, width_div: in
 def read_checkpoint(path: str | Path) -> dict:
     """A training checkpoint (``weights_only=True``), checked to be ORANDNet's; one-line errors name the file.
 
-    A plain FCN8s state dict (e.g. only the ``model`` entry saved) is accepted as arch ``fcn8s``.
+    A bare FCN8s state dict is refused: ``fcn8s`` and ``fcn8s-same`` have the same tensors, and the loss decides
+    the postprocess, so neither can be guessed from the weights.
     """
     from ..runtime import load_checkpoint
 
@@ -269,9 +270,9 @@ def read_checkpoint(path: str | Path) -> dict:
             raise OrandError(f"{path}: damaged ORANDNet checkpoint (no model or model_config entry)")
         return ckpt
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        if "score_fr.weight" in ckpt and "features.0.weight" in ckpt:
-            width = max(1, 64 // int(ckpt["features.0.weight"].shape[0]))
-            return {"format": CHECKPOINT_FORMAT, "model": ckpt, "model_config": {"arch": "fcn8s", "width_div": width}}
+        if "score_fr.weight" in ckpt and "features.0.weight" in ckpt:  # fcn8s and fcn8s-same share every shape
+            raise OrandError(f"{path}: holds ORANDNet weights only, without the architecture and loss they were "
+                             f"trained with; use the last.pt that 'orand-addon train' wrote")
         example = ", ".join(list(ckpt)[:2])
         raise OrandError(f"{path}: not an ORANDNet checkpoint (a state dict of another network: {example}, ...)")
     raise OrandError(f"{path}: not an ORANDNet checkpoint (written by 'orand-addon train'?)")
