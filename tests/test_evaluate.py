@@ -258,6 +258,7 @@ def test_empty_missing_and_wrong_kinds_of_prediction(tmp_path, data):
         (["--pred", tmp_path / "nope"], f"{tmp_path / 'nope'}: prediction folder or store not found"),
         (["--pred", store], f"{store}: name the kind to score as {store}:KIND (the store has: a, and, b, masks, or, seeds)"),
         (["--pred", f"{store}:rw"], f"{store}: no kind 'rw' in the store (has: a, and, b, masks, or, seeds)"),
+        (["--pred", f"{store}:seg"], f"{store}: no /seg group in the store (has: a, and, b, masks, or, seeds)"),
         (["--pred", f"{store}:masks", "--bg-thres", "0.2"], "holds label masks; --bg-thres and --sweep apply to class maps"),
         (["--pred", f"{store}:or", "--sweep", "0.5:0.1:0.1"], "--sweep '0.5:0.1:0.1': needs STEP > 0 and STOP >= START"),
         (["--pred", f"{store}:or", "--sweep", "0.1:0.5:0.1", "--bg-thres", "0.2"], "give either --bg-thres or --sweep"),

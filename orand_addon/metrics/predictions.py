@@ -72,8 +72,9 @@ class _StoreSource:
         if kind in MASK_GROUPS:
             self.holds = "masks"
             if kind not in self.store.groups():
+                groups = ", ".join(self.store.groups()) or "nothing"
                 self.close()
-                raise OrandError(f"{path}: no /{kind} group in the store (has: {', '.join(self.store.groups()) or 'nothing'})")
+                raise OrandError(f"{path}: no /{kind} group in the store (has: {groups})")
         else:
             self.holds = "maps"
             if kind not in self.store.kinds():
