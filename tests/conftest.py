@@ -1,3 +1,4 @@
+import os
 import signal
 import sys
 from pathlib import Path
@@ -7,3 +8,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 # A shell that starts pytest in the background (`pytest &`, some CI runners) leaves SIGINT ignored; the Ctrl-C
 # tests send SIGINT to this process and need Python's default handler, which raises KeyboardInterrupt.
 signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# A bug shows its traceback in the tests (and in the subprocesses they start) instead of the one-line message
+# that users get.
+os.environ.setdefault("ORAND_ADDON_TRACEBACK", "1")

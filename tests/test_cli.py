@@ -58,3 +58,26 @@ def test_format_choices_are_the_reader_registry():
     from orand_addon.io.formats import CAM_FORMATS
 
     assert FORMAT_CHOICES == ["auto", *CAM_FORMATS]
+
+
+def test_a_bug_is_one_line_unless_the_traceback_is_asked_for(tmp_path, monkeypatch, capsys):
+    from orand_addon import cli as cli_module
+    from orand_addon import fuse as fuse_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Unable to open object\n(invalid identifier)")
+
+    monkeypatch.setattr(fuse_module, "run_fuse", broken)
+    write_voc_mini_cams(tmp_path / "a", "irn", seed=0, ids=voc_mini_ids()[:1])
+    write_voc_mini_cams(tmp_path / "b", "irn", seed=1, ids=voc_mini_ids()[:1])
+    args = ["fuse", "--cams-a", str(tmp_path / "a"), "--cams-b", str(tmp_path / "b"), "--out", str(tmp_path / "x.h5")]
+    monkeypatch.setenv("ORAND_ADDON_TRACEBACK", "0")
+    with pytest.raises(SystemExit) as info:
+        cli_module.main(args)
+    assert info.value.code == 1
+    assert capsys.readouterr().err == (
+        "orand-addon: internal error: RuntimeError: Unable to open object (invalid identifier) (a bug; rerun with "
+        "ORAND_ADDON_TRACEBACK=1 for the traceback to report)\n")
+    monkeypatch.setenv("ORAND_ADDON_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="Unable to open object"):
+        cli_module.main(args)

@@ -2,12 +2,14 @@
 
 Each command lives in its own module of this package and is imported only when used (``--help`` stays fast).
 Problems with the input are :class:`~orand_addon.errors.OrandError` and end as one line on stderr with a
-non-zero exit code; Ctrl-C exits 130 after the command has saved what it can.
+non-zero exit code; Ctrl-C exits 130 after the command has saved what it can. Anything else is a bug: it too
+ends as one line (exit code 1) unless ``ORAND_ADDON_TRACEBACK=1`` asks for the traceback to report.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import tomllib
 from pathlib import Path
@@ -127,8 +129,18 @@ def cli() -> None:
     """
 
 
+TRACEBACK_ENV = "ORAND_ADDON_TRACEBACK"
+
+
 def main(argv: list[str] | None = None) -> None:
-    cli.main(args=argv, prog_name="orand-addon")
+    try:
+        cli.main(args=argv, prog_name="orand-addon")
+    except Exception as exc:  # not bad input (that is an OrandError): a bug, still one line unless asked
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            raise
+        click.echo(f"orand-addon: internal error: {type(exc).__name__}: {one_line(str(exc))} (a bug; rerun with "
+                   f"{TRACEBACK_ENV}=1 for the traceback to report)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
