@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from ..io.writers import write_cam
 from ..runtime import interruptible, progress, resolve_device
 from .classifiers import fit_or_load, load_split, to_input
 from .generator import DatasetInfo, load_dataset
+
+if TYPE_CHECKING:  # torch is imported inside the functions
+    import torch
 
 SOURCE_FORMATS: dict[str, str] = {"cnn": "amn", "vit": "mctformer"}
 MARKER = "cams.json"  # what wrote a CAM folder (ignored by the CAM readers: not .npy)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from ..runtime import (atomic_save, interruptible, load_checkpoint, poly_lr, pro
                        seed_everything)
 from .generator import DatasetInfo
 from .models import build_classifier
+
+if TYPE_CHECKING:  # torch is imported inside the functions
+    import torch
 
 MEAN, STD = 0.5, 0.25
 
