@@ -70,6 +70,17 @@ def test_sparse_walk_equals_dense_reference(h, w, radius, exp_times, style):
         assert rel_error(float32_steps, ref) <= 1e-4
 
 
+def test_numpy_inputs_give_the_numpy_of_the_torch_result():
+    rng = np.random.default_rng(3)
+    edge = boundary_map(rng, 12, 15, "regions")
+    cam = rng.uniform(0, 1, (2, 12, 15)).astype(np.float32)
+    out = random_walk(cam, edge, exp_times=4, radius=3)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, random_walk(torch.from_numpy(cam), torch.from_numpy(edge), exp_times=4,
+                                                   radius=3).numpy())
+    assert rel_error(torch.from_numpy(out), dense_random_walk(cam, edge, beta=10, exp_times=4, radius=3)) <= 1e-4
+
+
 def test_irn_like_float32_dense_agrees_within_tolerance():
     """IRN's own computation (dense, float32, repeated squaring) against ours: both near the float64 truth."""
     rng = np.random.default_rng(7)

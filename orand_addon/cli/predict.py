@@ -24,7 +24,8 @@ from .common import command_line, device_option, progress_option
 @device_option
 @progress_option
 def predict(store_path: str, checkpoint: str, ids: str | None, **kw) -> None:
-    """Write ORANDNet maps (kind orandnet): ReLU, then each class map divided by its own max.
+    """Write ORANDNet maps (kind orandnet): ReLU (official loss) or sigmoid (bce, bg-softmax) of the scores, then
+    each class map divided by its own max.
 
     The output has the keys and size of kind or, and exports to IRN's layout (keys, stride-4 cam, high_res). A
     rerun skips the images already written, so an interrupted run resumes.

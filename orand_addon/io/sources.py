@@ -144,8 +144,9 @@ class CamSource(Mapping):
         if format == "auto":
             det = detect_format(files, stems, labels)
             if det.format is None:
-                options = ", ".join(f"--format {c}" for c in det.candidates) or "see 'orand-addon inspect'"
-                raise FormatError(f"{self.path}: cannot tell the CAM format ({det.reason}); pass {options}")
+                hint = (f"name it with --format-a/--format-b (fuse) or --format: {' or '.join(det.candidates)}"
+                        if det.candidates else f"'orand-addon inspect {self.path}' shows what it found")
+                raise FormatError(f"{self.path}: cannot tell the CAM format ({det.reason}); {hint}")
             self.detection = det
             self.format = det.format
         else:

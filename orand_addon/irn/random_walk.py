@@ -201,14 +201,23 @@ def random_walk(cam, edge, beta: float = 10.0, exp_times: int = 8, radius: int =
                 dtype=None):
     """IRN's ``propagate_to_edge``: ``(cam · (1 − edge)) · T^(2^exp_times)`` by sparse steps; returns (K, h, w).
 
-    ``cam`` (K, h, w) and ``edge`` (h, w) or (1, h, w) torch tensors on the same device; edge values are
-    boundary probabilities in [0, 1]. ``method``: ``csr`` (torch's sparse CSR product, one call per step; the
+    ``cam`` (K, h, w) and ``edge`` (h, w) or (1, h, w): torch tensors on the same device, or numpy arrays (then
+    the result is a numpy array too); edge values are boundary probabilities in [0, 1]. ``method``: ``csr`` (torch's sparse CSR product, one call per step; the
     default on CPU, run on one thread), ``gather`` (``index_select`` of the neighbour table, multiply, sum; the
     default on GPU), ``stencil`` (one fused multiply-add per neighbour offset over the whole map) or ``auto``:
     all compute the same sums. ``dtype`` of the steps, float64 by default (``T`` is always built in float64: a
     rounded ``T`` is a bias applied ``2^exp_times`` times); the result is float32.
+
+    >>> out = random_walk(np.ones((1, 6, 6), np.float32), np.zeros((6, 6), np.float32), exp_times=2, radius=1)
+    >>> type(out).__name__, out.shape, out.dtype
+    ('ndarray', (1, 6, 6), dtype('float32'))
     """
     import torch
+
+    if isinstance(cam, np.ndarray):
+        edge = torch.as_tensor(np.asarray(edge))
+        return random_walk(torch.from_numpy(np.ascontiguousarray(cam)), edge, beta, exp_times, radius, method,
+                           dtype).numpy()
 
     if method not in WALK_METHODS:
         raise ValueError(f"unknown random-walk method {method!r}; valid: {', '.join(WALK_METHODS)}")
