@@ -53,7 +53,8 @@ def test_int_keyed_dict_without_labels_is_ambiguous_and_asks(tmp_path):
     maps = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
     for i in range(3):
         np.save(tmp_path / f"x{i}.npy", {int(k): m for k, m in zip(keys, maps)})
-    with pytest.raises(FormatError, match=r"cannot tell the CAM format .*; name it with --format-a/--format-b \(fuse\) or --format: mctformer or crf-dict$"):
+    hint = r"; name it with --format-a/--format-b \(fuse\) or --format: mctformer or crf-dict$"
+    with pytest.raises(FormatError, match=r"cannot tell the CAM format .*" + hint):
         read_cams(tmp_path)
     labels = ImageLabels({f"x{i}": np.eye(20)[[0, 14]].sum(0) for i in range(3)}, 20)
     assert read_cams(tmp_path, labels=labels).format == "mctformer"

@@ -202,10 +202,10 @@ def random_walk(cam, edge, beta: float = 10.0, exp_times: int = 8, radius: int =
     """IRN's ``propagate_to_edge``: ``(cam · (1 − edge)) · T^(2^exp_times)`` by sparse steps; returns (K, h, w).
 
     ``cam`` (K, h, w) and ``edge`` (h, w) or (1, h, w): torch tensors on the same device, or numpy arrays (then
-    the result is a numpy array too); edge values are boundary probabilities in [0, 1]. ``method``: ``csr`` (torch's sparse CSR product, one call per step; the
-    default on CPU, run on one thread), ``gather`` (``index_select`` of the neighbour table, multiply, sum; the
-    default on GPU), ``stencil`` (one fused multiply-add per neighbour offset over the whole map) or ``auto``:
-    all compute the same sums. ``dtype`` of the steps, float64 by default (``T`` is always built in float64: a
+    the result is a numpy array too); edge values are boundary probabilities in [0, 1]. ``method``: ``csr``
+    (torch's sparse CSR product, one call per step; the default on CPU, run on one thread), ``gather``
+    (``index_select`` of the neighbour table, multiply, sum; the default on GPU), ``stencil`` (one fused
+    multiply-add per neighbour offset over the whole map) or ``auto``: all compute the same sums. ``dtype`` of the steps, float64 by default (``T`` is always built in float64: a
     rounded ``T`` is a bias applied ``2^exp_times`` times); the result is float32.
 
     >>> out = random_walk(np.ones((1, 6, 6), np.float32), np.zeros((6, 6), np.float32), exp_times=2, radius=1)
