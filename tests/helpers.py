@@ -15,12 +15,25 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from orand_addon.io.images import load_label_png
 from orand_addon.io.writers import write_cam
 
 DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Import into a test module to run its tiny models on one torch thread: the CI machine has 2 shared cores,
+    and several threads fighting over them make tiny convolutions 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 VOC_MINI = DATA / "voc12-mini"
 JPEG = VOC_MINI / "JPEGImages"
 GT = VOC_MINI / "SegmentationClassAug"

@@ -74,7 +74,7 @@ from helpers import voc_mini_ids  # noqa: E402
 from test_distributed import assert_same_store, one_process_env, torchrun  # noqa: E402,F401 (fixture)
 from test_distributed_shards import complete_ids, shard_complete, written  # noqa: E402
 from test_irn_helpers import small_voc, write_store  # noqa: E402
-from test_orandnet_data import one_torch_thread  # noqa: E402,F401 (fixture)
+from helpers import one_torch_thread  # noqa: E402,F401 (fixture)
 from orand_addon.cli import cli  # noqa: E402
 from orand_addon.distributed import DistInfo, shard_path  # noqa: E402
 from orand_addon.io.images import save_label_png  # noqa: E402

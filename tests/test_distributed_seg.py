@@ -73,7 +73,7 @@ import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from test_distributed import DIST_ENV, torchrun  # noqa: E402
-from test_orandnet_data import one_torch_thread  # noqa: E402,F401 (fixture)
+from helpers import one_torch_thread  # noqa: E402,F401 (fixture)
 from test_seg_data import tiny_voc  # noqa: E402
 from orand_addon.cli import cli  # noqa: E402
 from orand_addon.seg.models import build_model  # noqa: E402

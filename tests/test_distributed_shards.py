@@ -52,7 +52,8 @@ import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
 from test_distributed import DIST_ENV, assert_same_store, torchrun  # noqa: E402
-from test_orandnet_data import add_empty_image, make_tiny_store, one_torch_thread  # noqa: E402,F401 (fixture)
+from helpers import one_torch_thread  # noqa: E402,F401 (fixture)
+from test_orandnet_data import add_empty_image, make_tiny_store  # noqa: E402
 from orand_addon.cli import cli  # noqa: E402
 from orand_addon.distributed import DistInfo, shard_path  # noqa: E402
 from orand_addon.errors import OrandError  # noqa: E402

@@ -13,7 +13,8 @@ import torch
 from click.testing import CliRunner
 
 from test_distributed import torchrun
-from test_orandnet_data import make_tiny_store, one_torch_thread  # noqa: F401 (fixture)
+from helpers import one_torch_thread  # noqa: F401 (fixture)
+from test_orandnet_data import make_tiny_store
 from test_orandnet_train import interrupt_after
 from orand_addon.cli import cli
 from orand_addon.orandnet.losses import get_loss

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import gt_classes, gt_mask, pseudo_cams, voc_mini_ids
+from helpers import gt_classes, gt_mask, one_torch_thread, pseudo_cams, voc_mini_ids  # noqa: F401 (fixture)
 from orand_addon.classes import get_class_set, load_labels
 from orand_addon.errors import StoreError
 from orand_addon.fuse import FuseOptions, run_fuse
@@ -52,15 +52,6 @@ def add_empty_image(store_path: Path, image_id: str = "2099_000001", shape: tupl
         for kind in ("or", "and"):
             s.write_maps(kind, image_id, np.zeros((0, *shape), np.float32), keys=[])
     return image_id
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The CI machine has 2 shared cores: several threads fighting over them make tiny convolutions 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

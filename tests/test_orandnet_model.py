@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from test_orandnet_data import one_torch_thread  # noqa: F401 (autouse fixture)
+from helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from orand_addon.errors import OrandError
 from orand_addon.orandnet.model import FCN8s, build_model, load_backbone, vgg16_to_fcn
 

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from helpers import voc_mini_ids
-from test_orandnet_data import add_empty_image, make_tiny_store, one_torch_thread  # noqa: F401 (fixture)
+from helpers import one_torch_thread  # noqa: F401 (fixture)
+from test_orandnet_data import add_empty_image, make_tiny_store
 from orand_addon.cli import cli
 from orand_addon.orandnet import predict as predict_module
 from orand_addon.orandnet.model import FCN8s, load_orandnet

@@ -16,7 +16,8 @@ import torch
 from click.testing import CliRunner
 
 from helpers import voc_mini_ids
-from test_orandnet_data import add_empty_image, make_tiny_store, one_torch_thread  # noqa: F401 (fixture)
+from helpers import one_torch_thread  # noqa: F401 (fixture)
+from test_orandnet_data import add_empty_image, make_tiny_store
 from test_orandnet_losses import reference_bg_softmax, reference_official
 from orand_addon.cli import cli
 from orand_addon.orandnet import train as train_module

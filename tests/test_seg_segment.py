@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from helpers import one_torch_thread  # noqa: F401 (fixture)
 from orand_addon.cli import cli
 from orand_addon.errors import OrandError
 from orand_addon.io.images import load_image, load_label_png
@@ -20,25 +21,14 @@ from orand_addon.store import Store
 from test_seg_data import tiny_voc
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("seg")
     tiny = tiny_voc(folder, side=40, n=8)
     final = train_segmentation(SegTrainConfig(
         images=str(tiny["images"]), masks=str(tiny["masks"]), train_list=tiny["ids"], out=str(folder / "run"),
         model="deeplabv2-resnet18", pretrained="none", epochs=2, batch_size=4, crop_size=32, lr=1e-3,
         scale_schedule="none", workers=0, show_progress=False))
-    torch.set_num_threads(threads)
     return tiny, final
 
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from test_distributed import DIST_ENV, assert_same_store, torchrun
 from test_distributed_seg import HOOK
 from test_distributed_shards import complete_ids, shard_complete, written
-from test_orandnet_data import one_torch_thread  # noqa: F401 (fixture)
+from helpers import one_torch_thread  # noqa: F401 (fixture)
 from test_seg_data import tiny_voc
 from orand_addon.cli import cli
 from orand_addon.distributed import shard, shard_path

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
+from helpers import one_torch_thread  # noqa: F401 (fixture)
 from orand_addon.cli import cli
 from orand_addon.cli.seg import LOSS_NAMES, MODEL_NAMES
 from orand_addon.errors import OrandError
@@ -23,15 +24,6 @@ from orand_addon.seg.losses import LOSSES
 from orand_addon.seg.models import MODELS, build_model, param_groups
 from orand_addon.seg.train import SegTrainConfig, train_segmentation
 from test_seg_data import tiny_voc
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the CPU is shared: more threads than free cores makes torch spin, and tests slow down tenfold
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

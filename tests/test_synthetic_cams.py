@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from helpers import one_torch_thread  # noqa: F401 (fixture)
 from orand_addon.cli import cli
 from orand_addon.errors import OrandError
 from orand_addon.io.safe_pickle import safe_load_npy
@@ -20,19 +21,8 @@ SIZE = (64, 80)
 EPOCHS = {"cnn": 2, "vit": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread is as fast, and far faster on a machine shared with other jobs."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def testbed(one_thread, tmp_path_factory):
+def testbed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bed")
     info = make_dataset(tmp / "data", n_train=24, n_val=8, image_size=SIZE, seed=1, show_progress=False)
     # The classifiers may only see images and image-level labels: hide the pixel labels while they work.
