@@ -11,7 +11,7 @@ inherited by the other: a flat peak between the small and the large N shows that
 Measured per mode:
   masks  label masks -> ConfusionAccumulator (the issue's target: >= 200 images/s per core)
   sweep  class maps (1-3 classes) -> ThresholdSweep over 56 thresholds (0.05:0.60:0.01) in one pass
-  files  the whole shell on PNG files (decode + count) through orand_addon.metrics.evaluate.evaluate
+  files  the whole shell on PNG files (decode + count) through orand_addon.evaluation.stage.evaluate
   store-sweep  the whole shell on float16 maps in an HDF5 store (read + 56-threshold sweep + GT PNG decode)
 Images/s per core = images / CPU seconds spent in the evaluation calls (generation excluded).
 """
@@ -73,7 +73,7 @@ def rss_mb() -> float:
 
 
 def child(mode: str, n: int, pool: int, seed: int) -> dict:
-    from orand_addon.metrics.functional import ConfusionAccumulator, ThresholdSweep, parse_sweep
+    from orand_addon.evaluation.functional import ConfusionAccumulator, ThresholdSweep, parse_sweep
 
     acc = ThresholdSweep(C, parse_sweep(SWEEP)) if mode == "sweep" else ConfusionAccumulator(C)
     gen = stream(n, pool, seed, with_maps=mode == "sweep")
@@ -101,7 +101,7 @@ def _chain(first, rest):
 def files_bench(n: int, seed: int) -> dict:
     """End to end on PNG files: write ``n`` GT/prediction pairs, then time ``evaluate`` (one process)."""
     from orand_addon.io.images import save_label_png
-    from orand_addon.metrics.evaluate import evaluate
+    from orand_addon.evaluation.stage import evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
         gt_dir, pred_dir = Path(tmp, "gt"), Path(tmp, "pred")
@@ -120,8 +120,8 @@ def files_bench(n: int, seed: int) -> dict:
 def store_bench(n: int, seed: int) -> dict:
     """End to end on a store: ``n`` float16 map sets in an HDF5 kind, swept over 56 thresholds by ``evaluate``."""
     from orand_addon.io.images import save_label_png
-    from orand_addon.metrics.evaluate import evaluate
-    from orand_addon.store import Store
+    from orand_addon.evaluation.stage import evaluate
+    from orand_addon.store.store import Store
 
     with tempfile.TemporaryDirectory() as tmp:
         gt_dir = Path(tmp, "gt")

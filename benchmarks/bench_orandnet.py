@@ -30,7 +30,7 @@ from orand_addon.orandnet.losses import get_loss
 from orand_addon.orandnet.model import FCN8s
 from orand_addon.orandnet.predict import predict_maps
 from orand_addon.orandnet.train import TrainConfig, make_optimizer, resolve_precision, train_step
-from orand_addon.runtime import resolve_device
+from orand_addon.runtime.devices import resolve_device
 
 ANCHORS_H200_MS = {("fp32", 1): 3.0, ("bf16", 16): 1.6}
 GOAL_MS = 1.0

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dense_rw_reference import dense_random_walk_timed_parts  # noqa: E402
 
-from orand_addon.irn.random_walk import WALK_METHODS, random_walk  # noqa: E402
+from orand_addon.refine.random_walk import WALK_METHODS, random_walk  # noqa: E402
 
 VOC, HALF = (94, 125), (47, 63)
 
@@ -71,7 +71,7 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def sparse_bytes(size: tuple[int, int], radius: int = 5) -> int:
     """The CSR transition (S float64 values + S int64 columns per pixel) + K = 2 float64 maps, in and out:
     linear in h·w (the dense reference's one (hw)² float32 matrix is reported for comparison)."""
-    from orand_addon.irn.paths import path_table
+    from orand_addon.refine.paths import path_table
 
     n = size[0] * size[1]
     s = 1 + 2 * len(path_table(radius).directions)

@@ -2,7 +2,7 @@
 
 Uses the real VOC images of ``tests/data/voc12-mini`` (full size), repeated under new ids to ``--n`` images, with
 class maps made from their official masks (blurred, per-class max 1). Each worker count writes a fresh store
-through :func:`orand_addon.irn.seed_step.make_seeds`, timed end to end (reading maps, CRF, writing seeds).
+through :func:`orand_addon.refine.seed_stage.make_seeds`, timed end to end (reading maps, CRF, writing seeds).
 
 Usage: ``python benchmarks/bench_seeds.py [--n 22] [--workers 1,2] [--json benchmarks/results/seeds.json]``
 """
@@ -22,8 +22,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from orand_addon.io.images import load_label_png
-from orand_addon.irn.seed_step import make_seeds
-from orand_addon.store import Store
+from orand_addon.refine.seed_stage import make_seeds
+from orand_addon.store.store import Store
 
 VOC_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "voc12-mini"
 

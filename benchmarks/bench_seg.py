@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orand_addon.runtime import resolve_device
-from orand_addon.seg.infer import DEFAULT_SCALES, segment_one
-from orand_addon.seg.losses import build_loss
-from orand_addon.seg.models import MODELS, build_model, param_groups
-from orand_addon.seg.schedule import PAPER_SCHEDULE, factor_for_epoch, parse_schedule, schedule_length
-from orand_addon.seg.train import train_step
+from orand_addon.runtime.devices import resolve_device
+from orand_addon.segment.infer import DEFAULT_SCALES, segment_one
+from orand_addon.segment.losses import build_loss
+from orand_addon.segment.models import MODELS, build_model, param_groups
+from orand_addon.segment.schedule import PAPER_SCHEDULE, factor_for_epoch, parse_schedule, schedule_length
+from orand_addon.segment.train import train_step
 
 ANCHOR_H200_MS = {"fp32": 83.0, "bf16": 65.0}  # torchvision DeepLabV3-ResNet101, batch 10, 321x321
 

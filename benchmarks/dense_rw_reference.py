@@ -1,6 +1,6 @@
 """A plain dense implementation of IRN's random walk, written from DESIGN §6, used only for checking.
 
-Nothing here is shared with ``orand_addon.irn``: the pair offsets, the paths, the affinity matrix and the
+Nothing here is shared with ``orand_addon.refine``: the pair offsets, the paths, the affinity matrix and the
 matrix power are written out again, the dense way IRN does it, so the tests and the benchmark compare two
 independent computations.
 

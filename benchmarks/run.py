@@ -65,10 +65,10 @@ def regressions(current: dict[str, float], baseline: dict[str, float], tolerance
 
 def loss_rows(workdir: Path, size: str, losses: list[str], seed: int) -> list[dict]:
     """ORANDNet trained with each loss on the demo's fused store (same plan), scored like the demo's rows."""
-    from orand_addon.demo import SWEEP, plan_for
-    from orand_addon.metrics.evaluate import evaluate
+    from orand_addon.demo.run import SWEEP, plan_for
+    from orand_addon.evaluation.stage import evaluate
     from orand_addon.orandnet import PredictConfig, TrainConfig, predict_orandnet, train_orandnet
-    from orand_addon.synthetic import load_dataset
+    from orand_addon.demo.synthetic import load_dataset
 
     plan = plan_for(size)
     info = load_dataset(workdir / "data")
@@ -126,7 +126,7 @@ def main() -> int:
     parser.add_argument("--write-baseline", type=Path, default=None)
     args = parser.parse_args()
 
-    from orand_addon.demo import run_demo
+    from orand_addon.demo.run import run_demo
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="orand_bench_"))
     try:

@@ -9,35 +9,35 @@ from __future__ import annotations
 
 from .lazy import lazy_exports
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401 (in __all__)
 
 _EXPORTS: dict[str, str] = {
-    "fuse_or": "fusion",
-    "fuse_and": "fusion",
-    "fuse_mean": "fusion",
-    "normalize_max": "fusion",
+    "fuse_or": "fuse.functional",
+    "fuse_and": "fuse.functional",
+    "fuse_mean": "fuse.functional",
+    "normalize_max": "fuse.functional",
     "read_cams": "io.sources",
     "CamRecord": "io.formats",
     "CAM_FORMATS": "io.formats",
-    "Store": "store",
+    "Store": "store.store",
     "maps_to_mask": "masks",
-    "run_fuse": "fuse",
-    "FuseOptions": "fuse",
+    "run_fuse": "fuse.stage",
+    "FuseOptions": "fuse.stage",
     "OrandError": "errors",
-    "random_walk": "irn.random_walk",
-    "confusion_matrix": "metrics.functional",
-    "segmentation_scores": "metrics.functional",
-    "ConfusionAccumulator": "metrics.functional",
-    "ThresholdSweep": "metrics.functional",
-    "evaluate": "metrics.evaluate",
-    "EvalResult": "metrics.evaluate",
+    "random_walk": "refine.random_walk",
+    "confusion_matrix": "evaluation.functional",
+    "segmentation_scores": "evaluation.functional",
+    "ConfusionAccumulator": "evaluation.functional",
+    "ThresholdSweep": "evaluation.functional",
+    "evaluate": "evaluation.stage",
+    "EvalResult": "evaluation.stage",
     "train_orandnet": "orandnet.train",
     "TrainConfig": "orandnet.train",
     "predict_orandnet": "orandnet.predict",
     "PredictConfig": "orandnet.predict",
-    "train_segmentation": "seg.train",
-    "SegTrainConfig": "seg.train",
-    "segment_images": "seg.infer",
+    "train_segmentation": "segment.train",
+    "SegTrainConfig": "segment.train",
+    "segment_images": "segment.stage",
 }
 
 __all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, ["__version__"])

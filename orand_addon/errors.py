@@ -33,3 +33,19 @@ def one_line(text: str) -> str:
     'a b'
     """
     return " ".join(text.split())
+
+
+class Interrupted(OrandError):
+    """Ctrl-C: the work so far is kept and the same command resumes."""
+
+    exit_code = 130
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors.
+
+    >>> first_line(RuntimeError("Error(s) in loading state_dict:\\n\\tMissing key(s)")), first_line(KeyError())
+    ('Error(s) in loading state_dict:', 'KeyError')
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__

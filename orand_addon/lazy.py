@@ -12,9 +12,9 @@ def lazy_exports(package: str, exports: Mapping[str, str], extra: Sequence[str] 
     """``(__all__, __getattr__, __dir__)`` for ``package``, whose name ``n`` lives in the module
     ``package + "." + exports[n]``; ``extra`` names (defined in the ``__init__`` itself) join ``__all__``.
 
-    >>> names, get, _ = lazy_exports("orand_addon", {"fuse_or": "fusion"})
+    >>> names, get, _ = lazy_exports("orand_addon", {"fuse_or": "fuse.functional"})
     >>> names, get("fuse_or").__module__
-    (['fuse_or'], 'orand_addon.fusion')
+    (['fuse_or'], 'orand_addon.fuse.functional')
     >>> get("fuse_xor")
     Traceback (most recent call last):
     AttributeError: module 'orand_addon' has no attribute 'fuse_xor'

@@ -104,7 +104,7 @@ def reference_or_and(a: np.ndarray, b: np.ndarray, normalize: bool = True) -> tu
     return o, n
 
 
-# -- independent metric references (plain Python, used to check orand_addon.metrics) ---------------------------
+# -- independent metric references (plain Python, used to check orand_addon.evaluation) ---------------------------
 
 def ref_pairs(gt: np.ndarray, pred: np.ndarray) -> Counter:
     """Count (gt, pred) pairs pixel by pixel."""

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from helpers import voc_mini_ids, write_voc_mini_cams
 from orand_addon.cli import COMMANDS, cli
-from orand_addon.store import Store
+from orand_addon.store.store import Store
 
 
 def run(*args):
@@ -62,7 +62,7 @@ def test_format_choices_are_the_reader_registry():
 
 def test_a_bug_is_one_line_unless_the_traceback_is_asked_for(tmp_path, monkeypatch, capsys):
     from orand_addon import cli as cli_module
-    from orand_addon import fuse as fuse_module
+    from orand_addon.fuse import stage as fuse_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("Unable to open object\n(invalid identifier)")

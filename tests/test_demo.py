@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from orand_addon.cli import cli
 from orand_addon.classes import load_labels, get_class_set
 from orand_addon.io.images import load_label_png
-from orand_addon.store import Store
+from orand_addon.store.store import Store
 
 TINY = "ci,n_train=12,n_val=4,cnn_epochs=1,vit_epochs=1"
 

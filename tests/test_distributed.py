@@ -25,12 +25,12 @@ from helpers import voc_mini_ids
 from test_orandnet_data import make_tiny_store
 from orand_addon.classes import get_class_set, load_labels
 from orand_addon.cli import cli
-from orand_addon.distributed import (DistInfo, dist_info, find_shards, parse_shard_path, pick_device, process_group,
-                                     shard, shard_path)
+from orand_addon.runtime.distributed import DistInfo, dist_info, pick_device, process_group, shard
+from orand_addon.store.shards import find_shards, parse_shard_path, shard_path
 from orand_addon.errors import OrandError
-from orand_addon.fuse import FuseOptions, run_fuse
-from orand_addon.merge import merge_shards
-from orand_addon.store import Store
+from orand_addon.fuse.stage import FuseOptions, run_fuse
+from orand_addon.store.merge import merge_shards
+from orand_addon.store.store import Store
 
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 

@@ -19,7 +19,7 @@ HOOK = Path(__file__).resolve()
 
 
 def install_write_hooks(rank: str) -> None:
-    from orand_addon.store import Store
+    from orand_addon.store.store import Store
 
     log = Path(os.environ["WRITE_LOG"]) / f"rank{rank}.txt"
     kill = os.environ.get("KILL_RANK") == rank
@@ -41,7 +41,7 @@ def install_write_hooks(rank: str) -> None:
 
 
 def install_ctrl_c_hook(after: int) -> None:
-    from orand_addon.irn import train
+    from orand_addon.refine import train
 
     real, steps = train.train_step, [0]
 
@@ -70,20 +70,20 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from helpers import voc_mini_ids  # noqa: E402
+from helpers import one_torch_thread, voc_mini_ids  # noqa: E402,F401 (fixture)
 from test_distributed import assert_same_store, one_process_env, torchrun  # noqa: E402,F401 (fixture)
 from test_distributed_shards import complete_ids, shard_complete, written  # noqa: E402
 from test_irn_helpers import small_voc, write_store  # noqa: E402
-from helpers import one_torch_thread  # noqa: E402,F401 (fixture)
 from orand_addon.cli import cli  # noqa: E402
-from orand_addon.distributed import DistInfo, shard_path  # noqa: E402
+from orand_addon.runtime.distributed import DistInfo  # noqa: E402
+from orand_addon.store.shards import shard_path  # noqa: E402
 from orand_addon.io.images import save_label_png  # noqa: E402
-from orand_addon.irn.network import resnet50_stride16  # noqa: E402
-from orand_addon.irn.seed_step import import_seed_pngs, make_seeds  # noqa: E402
-from orand_addon.irn.seeds import CrfParams, SeedOptions  # noqa: E402
-from orand_addon.merge import merge_shards  # noqa: E402
-from orand_addon.runtime import load_checkpoint  # noqa: E402
-from orand_addon.store import Store  # noqa: E402
+from orand_addon.refine.network import resnet50_stride16  # noqa: E402
+from orand_addon.refine.seed_stage import import_seed_pngs, make_seeds  # noqa: E402
+from orand_addon.refine.seeds import CrfParams, SeedOptions  # noqa: E402
+from orand_addon.store.merge import merge_shards  # noqa: E402
+from orand_addon.runtime.files import load_checkpoint  # noqa: E402
+from orand_addon.store.store import Store  # noqa: E402
 
 TRAIN = ["--backbone", "frozen", "--crop-size", 80, "--batch-size", 4, "--max-steps", 2, "--lr", 0.05, "--dp-lr", 0.5,
          "--workers", 0, "--device", "cpu", "--no-progress"]

@@ -30,8 +30,8 @@ def _log(kind: str, image_id: str) -> None:
 
 
 def install_hooks() -> None:
-    from orand_addon.seg import outputs, train
-    from orand_addon.store import Store
+    from orand_addon.segment import stage as outputs, train
+    from orand_addon.store.store import Store
 
     rank = os.environ.get("RANK", "0")
     kill_after = int(os.environ["KILL_AFTER"]) if os.environ.get("KILL_RANK") == rank else 0
@@ -49,11 +49,11 @@ def install_hooks() -> None:
         save_png(path, mask)
         _log("png", Path(path).stem)
 
-    def ctrl_c_step(*args):
+    def ctrl_c_step(*args, **kwargs):
         count[1] += 1
         if count[1] == stop_after:
             os.kill(os.getpid(), signal.SIGINT)
-        return train_step(*args)
+        return train_step(*args, **kwargs)
 
     Store.write_mask, outputs.save_label_png, train.train_step = logged_write_mask, logged_png, ctrl_c_step
 
@@ -76,7 +76,7 @@ from test_distributed import DIST_ENV, torchrun  # noqa: E402
 from helpers import one_torch_thread  # noqa: E402,F401 (fixture)
 from test_seg_data import tiny_voc  # noqa: E402
 from orand_addon.cli import cli  # noqa: E402
-from orand_addon.seg.models import build_model  # noqa: E402
+from orand_addon.segment.models import build_model  # noqa: E402
 
 # 8 images, global batch 4: 2 steps per epoch; epoch 1 at 1/2 scale; class-balanced loss (class counts of all ranks)
 ARGS = ["--model", "deeplabv2-resnet18-os16", "--pretrained", "none", "--bn", "frozen", "--epochs", 2,

@@ -22,7 +22,7 @@ HOOK = Path(__file__).resolve()
 
 
 def install_hooks() -> None:
-    from orand_addon.store import Store
+    from orand_addon.store.store import Store
 
     rank = os.environ.get("RANK", "0")
     log = Path(os.environ["WRITE_LOG"]) / f"rank{rank}.txt"
@@ -55,11 +55,12 @@ from test_distributed import DIST_ENV, assert_same_store, torchrun  # noqa: E402
 from helpers import one_torch_thread  # noqa: E402,F401 (fixture)
 from test_orandnet_data import add_empty_image, make_tiny_store  # noqa: E402
 from orand_addon.cli import cli  # noqa: E402
-from orand_addon.distributed import DistInfo, shard_path  # noqa: E402
+from orand_addon.runtime.distributed import DistInfo
+from orand_addon.store.shards import shard_path  # noqa: E402
 from orand_addon.errors import OrandError  # noqa: E402
-from orand_addon.merge import merge_shards  # noqa: E402
+from orand_addon.store.merge import merge_shards  # noqa: E402
 from orand_addon.orandnet.predict import PredictConfig, predict_orandnet  # noqa: E402
-from orand_addon.store import Store  # noqa: E402
+from orand_addon.store.store import Store  # noqa: E402
 
 
 def run(*args):

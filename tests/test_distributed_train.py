@@ -20,7 +20,7 @@ from orand_addon.cli import cli
 from orand_addon.orandnet.losses import get_loss
 from orand_addon.orandnet.model import build_model
 from orand_addon.orandnet.train import TrainConfig, train_orandnet
-from orand_addon.store import Store
+from orand_addon.store.store import Store
 
 SETTINGS = dict(iterations=3, lr=0.01, momentum=0.9, weight_decay=5e-4, power=0.9, loss="bg-softmax", seed=0,
                 arch="fcn8s-same", width_div=8)

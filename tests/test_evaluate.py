@@ -17,8 +17,8 @@ from helpers import (GT, JPEG, gt_classes, gt_mask, pseudo_cams, ref_mask, ref_s
                      write_voc_mini_cams)
 from orand_addon.cli import cli
 from orand_addon.io.images import save_label_png
-from orand_addon.metrics.evaluate import evaluate
-from orand_addon.store import Store
+from orand_addon.evaluation.stage import evaluate
+from orand_addon.store.store import Store
 
 METRICS = ("iou", "precision", "recall", "fp_union", "fn_union")
 
@@ -312,7 +312,7 @@ def test_ctrl_c_with_worker_processes_is_one_line(tmp_path):
     traceback per worker)."""
     from helpers import ctrl_c_during
 
-    res = ctrl_c_during("orand_addon.metrics.functional.ConfusionAccumulator.merge", "evaluate", "--pred", GT,
+    res = ctrl_c_during("orand_addon.evaluation.functional.ConfusionAccumulator.merge", "evaluate", "--pred", GT,
                         "--gt", GT, "--workers", 2, "--no-progress")
     assert res.returncode == 130, res.stderr
     assert "Traceback" not in res.stderr and "KeyboardInterrupt" not in res.stderr, res.stderr
@@ -321,8 +321,8 @@ def test_ctrl_c_with_worker_processes_is_one_line(tmp_path):
 
 
 def test_worker_processes_are_never_forked(data, monkeypatch):
-    from orand_addon import runtime
-    from orand_addon.metrics import evaluate as evaluate_module
+    from orand_addon.runtime import workers as runtime
+    from orand_addon.evaluation import stage as evaluate_module
 
     _, store, _ = data
     methods = []

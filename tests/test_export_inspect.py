@@ -11,7 +11,7 @@ from helpers import voc_mini_ids, write_voc_mini_cams
 from orand_addon.cli import cli
 from orand_addon.io.sources import read_cams
 from orand_addon.masks import maps_to_mask
-from orand_addon.store import Store
+from orand_addon.store.store import Store
 
 
 def run(*args):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -12,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from helpers import JPEG, gt_classes, gt_mask, reference_or_and, voc_mini_ids, write_voc_mini_cams
-from orand_addon import fuse as fuse_module
+from orand_addon.fuse import stage as fuse_module
 from orand_addon.cli import cli
-from orand_addon.store import Store
+from orand_addon.store.store import Store
 
 
 def run(*args: str):
@@ -209,7 +210,7 @@ def test_truncated_file_stops_naming_it_and_rerun_resumes_identically(amn_mct):
 
 def test_ctrl_c_leaves_a_readable_store_that_resumes(amn_mct, monkeypatch):
     tmp, a, _ = amn_mct
-    real = fuse_module._process
+    real = fuse_module.FuseStage.fuse_one
     calls = {"n": 0}
 
     def interrupt_on_fourth(*args):
@@ -218,14 +219,14 @@ def test_ctrl_c_leaves_a_readable_store_that_resumes(amn_mct, monkeypatch):
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(fuse_module, "_process", interrupt_on_fourth)
+    monkeypatch.setattr(fuse_module.FuseStage, "fuse_one", interrupt_on_fourth)
     out = tmp / "x.h5"
     res = run("fuse", "--cams-a", tmp / "amn", "--cams-b", tmp / "mct", "--out", out, "--no-progress")
     assert res.exit_code == 130
     assert "interrupted after 3 of 11 images" in res.output and "resumes" in res.output
     with h5py.File(out, "r") as f:
         assert len(f["or"]) == 3
-    monkeypatch.setattr(fuse_module, "_process", real)
+    monkeypatch.setattr(fuse_module.FuseStage, "fuse_one", real)
     res = run("fuse", "--cams-a", tmp / "amn", "--cams-b", tmp / "mct", "--out", out, "--no-progress")
     assert res.exit_code == 0 and "(3 already in the store)" in res.output
 
@@ -338,32 +339,35 @@ def test_ctrl_c_with_worker_processes_is_one_line(amn_mct):
 
     tmp, _, _ = amn_mct
     out = tmp / "w.h5"
-    res = ctrl_c_during("orand_addon.store.Store.write_maps", "fuse", "--cams-a", tmp / "amn", "--cams-b",
+    res = ctrl_c_during("orand_addon.fuse.stage.FuseStage.collect", "fuse", "--cams-a", tmp / "amn", "--cams-b",
                         tmp / "mct", "--out", out, "--workers", 2, "--no-progress")
     assert res.returncode == 130, res.stderr
     assert "Traceback" not in res.stderr and "KeyboardInterrupt" not in res.stderr, res.stderr
-    assert res.stderr.startswith("orand-addon: error: interrupted after 0 of 11 images;")
+    kept = int(re.match(r"orand-addon: error: interrupted after (\d+) of 11 images; ", res.stderr).group(1))
     assert len(res.stderr.splitlines()) == 1
+    with Store(out) as s:  # what the workers finished is in the store, the rest is fused by the rerun
+        assert len(s.ids("or")) == kept
     res = run("fuse", "--cams-a", tmp / "amn", "--cams-b", tmp / "mct", "--out", out, "--workers", 2, "--no-progress")
-    assert res.exit_code == 0 and "fused 11 images" in res.output
+    assert res.exit_code == 0 and f"fused {11 - kept} images ({kept} already in the store)" in res.output
 
 
 def test_workers_come_from_the_shared_pool_and_progress_from_runtime(amn_mct, monkeypatch):
-    from orand_addon import runtime
+    from orand_addon.engine import stage as engine
+    from orand_addon.runtime import progress, workers
 
     tmp, _, _ = amn_mct
     pools, bars = [], []
 
     def pool(*args, **kwargs):
         pools.append(args[0])
-        return runtime.worker_pool(*args, **kwargs)
+        return workers.process_executor(*args, **kwargs)
 
     def bar(*args, **kwargs):
         bars.append(kwargs.get("desc"))
-        return runtime.progress(*args, **kwargs)
+        return progress.progress(*args, **kwargs)
 
-    monkeypatch.setattr(fuse_module, "worker_pool", pool)
-    monkeypatch.setattr(fuse_module, "progress_bar", bar)
+    monkeypatch.setattr(engine, "process_executor", pool)
+    monkeypatch.setattr(engine, "progress", bar)
     res = run("fuse", "--cams-a", tmp / "amn", "--cams-b", tmp / "mct", "--out", tmp / "w.h5", "--workers", 2,
               "--no-progress")
     assert res.exit_code == 0 and pools == [2] and bars == ["fuse"]

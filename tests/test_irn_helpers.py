@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from helpers import JPEG, gt_classes, gt_mask, pseudo_cams, voc_mini_ids
-from orand_addon.store import Store
+from orand_addon.store.store import Store
 
 
 def small_voc(folder: Path, ids: list[str] | None = None, factor: int = 4, seed: int = 0) -> dict:

@@ -17,10 +17,10 @@ from dense_rw_reference import dense_random_walk  # noqa: E402
 
 from orand_addon.cli import cli  # noqa: E402
 from orand_addon.io.images import load_image  # noqa: E402
-from orand_addon.irn import walk_step  # noqa: E402
-from orand_addon.irn.train import load_trained  # noqa: E402
-from orand_addon.runtime import file_digest  # noqa: E402
-from orand_addon.store import Store  # noqa: E402
+from orand_addon.refine import walk_stage as walk_step  # noqa: E402
+from orand_addon.refine.network import load_trained  # noqa: E402
+from orand_addon.runtime.provenance import file_digest  # noqa: E402
+from orand_addon.store.store import Store  # noqa: E402
 from test_irn_helpers import small_voc, write_store  # noqa: E402
 
 TRAIN_ARGS = ["--pretrained", "none", "--backbone", "trainable", "--crop-size", "80", "--batch-size", "2",
@@ -215,41 +215,3 @@ def test_seeds_png_into_a_new_store_takes_the_class_set(tmp_path):
     assert res.exit_code == 2 and "seed PNG has values [30] outside 0..20 and 255" in res.output
 
 
-def test_one_process_steps_flush_the_store_every_64_ids_and_at_the_end(tmp_path, monkeypatch):
-    from orand_addon.irn.outputs import StepOutput
-
-    flushed = []
-    real = Store.flush
-    monkeypatch.setattr(Store, "flush", lambda self: (flushed.append(len(self.ids("seeds"))), real(self))[1])
-    with StepOutput(tmp_path / "s.h5") as out:
-        out.begin(["seeds"], "test", {}, False, [])
-        for n in range(130):
-            out.sink.write_mask("seeds", f"id{n:03d}", np.zeros((2, 2), np.uint8))
-            out.wrote()
-    assert flushed == [64, 128, 130]
-
-
-def test_a_crash_after_64_ids_leaves_a_readable_store(tmp_path):
-    """The real thing: a process killed (no cleanup) right after its 64th id keeps a store with those 64 ids."""
-    import os
-    import signal
-    import subprocess
-
-    script = f"""
-import os, signal
-import numpy as np
-from orand_addon.irn.outputs import StepOutput
-with StepOutput({str(tmp_path / 's.h5')!r}) as out:
-    out.begin(["seeds"], "test", {{}}, False, [])
-    for n in range(100):
-        out.sink.write_mask("seeds", f"id{{n:03d}}", np.full((8, 8), n % 21, np.uint8))
-        out.wrote()
-        if n == 63:
-            os.kill(os.getpid(), signal.SIGKILL)
-"""
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    with Store(tmp_path / "s.h5") as s:
-        assert s.ids("seeds") == [f"id{n:03d}" for n in range(64)]
-        assert int(s.read_mask("seeds", "id063")[0, 0]) == 63 % 21

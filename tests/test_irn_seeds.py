@@ -10,9 +10,9 @@ from helpers import JPEG, gt_classes, gt_mask, pseudo_cams, voc_mini_ids
 from orand_addon.cli import cli
 from orand_addon.errors import OrandError
 from orand_addon.io.images import load_image, save_label_png
-from orand_addon.irn.seed_step import import_seed_pngs, make_seeds
-from orand_addon.irn.seeds import CrfParams, SeedOptions
-from orand_addon.store import Store
+from orand_addon.refine.seed_stage import import_seed_pngs, make_seeds
+from orand_addon.refine.seeds import CrfParams, SeedOptions
+from orand_addon.store.store import Store
 from test_irn_helpers import small_voc, write_store
 
 
@@ -110,7 +110,7 @@ def test_image_without_classes_gets_an_all_background_seed(tmp_path):
     report = make_seeds(store, "or", tmp_path / "img", workers=1, progress=False)
     with Store(store) as s:
         assert (s.read_mask("seeds", image_id) == 0).all()
-    assert report.no_foreground_seed == [image_id]
+    assert report.extra["no_foreground_seed"] == [image_id]
     assert "1 images have no foreground seed" in " ".join(report.lines())
 
 
@@ -204,8 +204,8 @@ def test_seeds_of_a_kind_written_again_are_refused_not_mixed(tmp_path, monkeypat
 
 
 def test_seed_workers_run_in_a_worker_pool_that_leaves_ctrl_c_to_this_process(tmp_path, monkeypatch):
-    from orand_addon.irn import seed_step
-    from orand_addon.runtime import worker_pool
+    from orand_addon.engine import stage as engine
+    from orand_addon.runtime.workers import process_executor
 
     data = small_voc(tmp_path / "img", voc_mini_ids()[:3])
     store = write_store(tmp_path / "s.h5", "or", data)
@@ -213,12 +213,12 @@ def test_seed_workers_run_in_a_worker_pool_that_leaves_ctrl_c_to_this_process(tm
 
     def recording_pool(*args, **kwargs):
         made.append(args)
-        return worker_pool(*args, **kwargs)
+        return process_executor(*args, **kwargs)
 
-    monkeypatch.setattr(seed_step, "worker_pool", recording_pool)
+    monkeypatch.setattr(engine, "process_executor", recording_pool)
     report = make_seeds(store, "or", tmp_path / "img", options=SeedOptions(crf=CrfParams(iterations=0)), workers=2,
                         progress=False)
-    assert made == [(2,)] and report.written == 3
+    assert [m[0] for m in made] == [2] and report.written == 3
     with Store(store) as s:
         for image_id, (keys, maps) in data.items():
             assert (s.read_mask("seeds", image_id) == irn_rule(maps, keys)).all()

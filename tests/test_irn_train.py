@@ -13,15 +13,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from dense_rw_reference import line_points, pair_offsets  # noqa: E402
 
-from orand_addon.errors import OrandError  # noqa: E402
-from orand_addon.irn import train as train_module  # noqa: E402
-from orand_addon.irn.data import CropSpec, SeedCrops  # noqa: E402
-from orand_addon.irn.losses import edge_affinity, irn_losses, pair_counts, pair_displacement, pair_labels  # noqa: E402
-from orand_addon.irn.paths import path_table  # noqa: E402
-from orand_addon.irn.seed_step import make_seeds  # noqa: E402
-from orand_addon.irn.seeds import CrfParams, SeedOptions  # noqa: E402
-from orand_addon.irn.train import TrainOptions, build_model, build_optimizer, train_irn, train_step  # noqa: E402
-from orand_addon.runtime import Interrupted, load_checkpoint  # noqa: E402
+from orand_addon.errors import Interrupted, OrandError  # noqa: E402
+from orand_addon.refine import train as train_module  # noqa: E402
+from orand_addon.refine.network import load_trained  # noqa: E402
+from orand_addon.refine.data import CropSpec, SeedCrops  # noqa: E402
+from orand_addon.refine.losses import edge_affinity, irn_losses, pair_counts, pair_displacement, pair_labels  # noqa: E402
+from orand_addon.refine.paths import path_table  # noqa: E402
+from orand_addon.refine.seed_stage import make_seeds  # noqa: E402
+from orand_addon.refine.seeds import CrfParams, SeedOptions  # noqa: E402
+from orand_addon.refine.train import TrainOptions, build_model, build_optimizer, train_irn, train_step  # noqa: E402
+from orand_addon.runtime.files import load_checkpoint  # noqa: E402
 from test_irn_helpers import small_voc, write_store  # noqa: E402
 
 TINY = TrainOptions(crop_size=64, batch_size=1, epochs=1, lr=0.02, dp_lr=0.2, pretrained="none",
@@ -185,7 +186,7 @@ def test_bad_training_settings(seeded, monkeypatch, tmp_path):
 
 
 def test_pretrained_file_fills_a_frozen_backbone(tmp_path):
-    from orand_addon.irn.network import resnet50_stride16
+    from orand_addon.refine.network import resnet50_stride16
 
     torch.manual_seed(3)
     state = resnet50_stride16().state_dict()
@@ -202,7 +203,7 @@ def test_ctrl_c_during_a_step_is_held_until_the_step_ends():
     import os
     import signal
 
-    from orand_addon.irn.train import deferred_interrupt
+    from orand_addon.runtime.interrupts import deferred_interrupt
 
     with deferred_interrupt() as interrupt:
         os.kill(os.getpid(), signal.SIGINT)
@@ -280,7 +281,7 @@ def test_damaged_checkpoints_are_one_line_errors_naming_the_file(seeded, tmp_pat
     assert str(info.value) == (f"{run / 'irn.pt'}: not an IRN training checkpoint (no options record); use another "
                                f"--run-dir, or --no-resume to train again")
     (run / "irn.pt").unlink()
-    from orand_addon.irn.train import run_inputs, save_state
+    from orand_addon.refine.train import run_inputs, save_state
 
     model = build_model(TINY, torch.device("cpu"))
     save_state(run / "irn_last.pt", model, build_optimizer(model, TINY), 1, 2, TINY, [], inputs=run_inputs(store, ids))
@@ -297,4 +298,4 @@ def test_damaged_checkpoints_are_one_line_errors_naming_the_file(seeded, tmp_pat
         train_irn(store, tmp / "img", run, options=TINY, device="cpu", progress=False)
     torch.save({"model": [1]}, run / "walk.pt")
     with pytest.raises(OrandError, match=r"walk.pt: not an IRN checkpoint \(no 'model' entry\)$"):
-        train_module.load_trained(run / "walk.pt", torch.device("cpu"))
+        load_trained(run / "walk.pt", torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""The metric core (orand_addon.metrics.functional) against independent, straightforward counting.
+"""The metric core (orand_addon.evaluation.functional) against independent, straightforward counting.
 
 References here count pixels with Python loops (``collections.Counter`` over pixel pairs) or per-class boolean
 masks, and compute the scores in plain Python from those counts, following DESIGN §8 word by word.
@@ -16,9 +16,7 @@ from helpers import gt_classes, gt_mask, pseudo_cams, ref_mask, ref_pairs, ref_s
 import orand_addon
 from orand_addon.errors import OrandError
 from orand_addon.masks import maps_to_mask
-from orand_addon.metrics.functional import (ConfusionAccumulator, ThresholdSweep, best_index, confusion_matrix,
-                                            parse_sweep, precision_aware_index, segmentation_scores,
-                                            threshold_buckets)
+from orand_addon.evaluation.functional import (ConfusionAccumulator, ThresholdSweep, best_index, confusion_matrix, parse_sweep, precision_aware_index, segmentation_scores, threshold_buckets)
 
 C = 21
 

@@ -17,11 +17,10 @@ from PIL import Image
 from helpers import gt_classes, gt_mask, one_torch_thread, pseudo_cams, voc_mini_ids  # noqa: F401 (fixture)
 from orand_addon.classes import get_class_set, load_labels
 from orand_addon.errors import StoreError
-from orand_addon.fuse import FuseOptions, run_fuse
+from orand_addon.fuse.stage import FuseOptions, run_fuse
 from orand_addon.io.writers import write_cam
-from orand_addon.orandnet.data import (IterationSampler, OrAndMaps, epoch_permutation, make_loader, sample_index,
-                                       training_set)
-from orand_addon.store import Store
+from orand_addon.orandnet.data import (IterationSampler, OrAndMaps, epoch_permutation, make_loader, sample_index, training_set)
+from orand_addon.store.store import Store
 
 SHRINK = 8
 

@@ -15,8 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import voc_mini_ids
-from helpers import one_torch_thread  # noqa: F401 (fixture)
+from helpers import one_torch_thread, voc_mini_ids  # noqa: F401 (fixture)
 from test_orandnet_data import add_empty_image, make_tiny_store
 from test_orandnet_losses import reference_bg_softmax, reference_official
 from orand_addon.cli import cli
@@ -25,8 +24,8 @@ from orand_addon.orandnet.data import OrAndMaps
 from orand_addon.orandnet.losses import get_loss
 from orand_addon.orandnet.model import build_model, load_orandnet
 from orand_addon.orandnet.train import TrainConfig, make_optimizer, train_orandnet, train_step
-from orand_addon.runtime import seed_everything
-from orand_addon.store import Store
+from orand_addon.runtime.seeding import seed_everything
+from orand_addon.store.store import Store
 
 MULTI = "2011_000006"  # 3 classes
 SINGLE = "2007_000033"  # 1 class

@@ -15,9 +15,8 @@ from dense_rw_reference import (dense_affinity, dense_random_walk, dense_random_
                                 line_points, pair_offsets)
 
 from orand_addon import random_walk  # noqa: E402
-from orand_addon.irn.paths import path_points, path_table  # noqa: E402
-from orand_addon.irn.random_walk import (WALK_METHODS, prepare_cam, transition_stencil, walk_to_maps,  # noqa: E402
-                                         walk_weights)
+from orand_addon.refine.paths import path_points, path_table  # noqa: E402
+from orand_addon.refine.random_walk import WALK_METHODS, prepare_cam, transition_stencil, walk_to_maps, walk_weights
 from orand_addon.masks import maps_to_mask  # noqa: E402
 
 

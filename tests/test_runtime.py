@@ -9,11 +9,13 @@ import signal
 import pytest
 import torch
 
-from orand_addon import runtime
-from orand_addon.distributed import DistInfo, any_rank, rank_batch
-from orand_addon.errors import OrandError
-from orand_addon.runtime import (Interrupted, StopRequest, atomic_save, atomic_write, deferred_interrupt,
-                                 rng_state, set_rng_state, worker_pool)
+from orand_addon.runtime import devices, workers
+from orand_addon.runtime.distributed import DistInfo, any_rank, rank_batch
+from orand_addon.errors import Interrupted, OrandError
+from orand_addon.runtime.interrupts import StopRequest, deferred_interrupt
+from orand_addon.runtime.files import atomic_save, atomic_write
+from orand_addon.runtime.seeding import rng_state, set_rng_state
+from orand_addon.runtime.workers import worker_pool
 
 
 def _sigint_disposition(_: int) -> bool:
@@ -100,11 +102,11 @@ def test_ignore_sigint_is_what_every_loader_and_pool_worker_runs():
 
     previous = signal.getsignal(signal.SIGINT)
     try:
-        runtime.ignore_sigint(3)  # a DataLoader passes the worker id
+        workers.ignore_sigint(3)  # a DataLoader passes the worker id
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert orandnet_data.ignore_sigint is runtime.ignore_sigint
+    assert orandnet_data.ignore_sigint is workers.ignore_sigint
 
 
 def test_rng_state_round_trips_the_cpu_generator_and_the_gpus_when_cuda_is_in_use(monkeypatch):
@@ -134,19 +136,19 @@ def test_rng_state_round_trips_the_cpu_generator_and_the_gpus_when_cuda_is_in_us
 
 def test_precision_is_resolved_and_checked_in_one_place(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert [runtime.resolve_precision(cpu, p) for p in runtime.PRECISIONS] == ["fp32"] * 4
+    assert [devices.resolve_precision(cpu, p) for p in devices.PRECISIONS] == ["fp32"] * 4
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert [runtime.resolve_precision(gpu, p) for p in runtime.PRECISIONS] == ["fp16", "fp16", "fp16", "fp32"]
-    assert not runtime.grad_scaler("fp32").is_enabled() and not runtime.grad_scaler("bf16").is_enabled()
+    assert [devices.resolve_precision(gpu, p) for p in devices.PRECISIONS] == ["fp16", "fp16", "fp16", "fp32"]
+    assert not devices.grad_scaler("fp32").is_enabled() and not devices.grad_scaler("bf16").is_enabled()
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    assert [runtime.resolve_precision(gpu, p) for p in runtime.PRECISIONS] == ["bf16", "bf16", "fp16", "fp32"]
+    assert [devices.resolve_precision(gpu, p) for p in devices.PRECISIONS] == ["bf16", "bf16", "fp16", "fp32"]
     with pytest.raises(OrandError, match=r"^unknown precision 'half'; valid: auto, bf16, fp16, fp32$"):
-        runtime.resolve_precision(cpu, "half")
+        devices.resolve_precision(cpu, "half")
     from orand_addon.cli import predict, refine, seg, train
 
     for command in (refine.refine, seg.train_seg, seg.segment, train.train, predict.predict):
         option = next(p for p in command.params if p.name == "precision")
-        assert tuple(option.type.choices) == runtime.PRECISIONS, command.name
+        assert tuple(option.type.choices) == devices.PRECISIONS, command.name
 
 
 def test_global_batch_check_and_stop_agreement_without_a_process_group():
@@ -178,9 +180,9 @@ class _CtrlCInWorkers(torch.utils.data.Dataset):
 
 
 def _loaders(dataset):
-    from orand_addon.irn.train import TrainOptions, build_loader
+    from orand_addon.refine.train import TrainOptions, build_loader
     from orand_addon.orandnet.data import IterationSampler, make_loader as orandnet_loader
-    from orand_addon.seg.train import SegTrainConfig, make_loader as seg_loader
+    from orand_addon.segment.train import SegTrainConfig, make_loader as seg_loader
 
     seg = SegTrainConfig(images="i", masks="m", train_list=[], out="o", batch_size=2, workers=2)
     yield "train-seg", seg_loader(seg, dataset, epoch=0, start_batch=0)

@@ -15,9 +15,8 @@ from helpers import VOC_MINI
 from orand_addon.classes import VOC_CLASSES
 from orand_addon.cli import cli
 from orand_addon.io.images import load_label_png, save_label_png
-from orand_addon.seg.data import (IMAGENET_MEAN, IMAGENET_STD, MaskReader, TrainPairs, downsample_pair,
-                                  parse_mask_source, random_scale_crop_flip)
-from orand_addon.store import Store
+from orand_addon.segment.data import (IMAGENET_MEAN, IMAGENET_STD, MaskReader, TrainPairs, downsample_pair, parse_mask_source, random_scale_crop_flip)
+from orand_addon.store.store import Store
 
 
 # Random colours: unlike the bit-structured VOC palette, a mean of several of them is never another one.
@@ -193,7 +192,7 @@ def test_empty_training_list(tiny, tmp_path):
 
 def test_empty_training_list_python_api(tiny, tmp_path):
     from orand_addon.errors import OrandError
-    from orand_addon.seg.train import SegTrainConfig, train_segmentation
+    from orand_addon.segment.train import SegTrainConfig, train_segmentation
 
     config = SegTrainConfig(images=str(tiny["images"]), masks=str(tiny["store"]), train_list=[],
                             out=str(tmp_path / "run"), pretrained="none", scale_schedule="none", epochs=1)
@@ -243,7 +242,7 @@ def test_missing_imagenet_weights_is_a_clear_error(tiny, tmp_path, monkeypatch):
 
 
 def test_store_read_by_worker_processes_gives_the_same_batches(tmp_path):
-    from orand_addon.seg.data import EpochSampler
+    from orand_addon.segment.data import EpochSampler
 
     data = tiny_voc(tmp_path, n=6)
     pairs = TrainPairs(data["ids"], data["images"], MaskReader(parse_mask_source(data["store"])), 24, (0.5, 1.5), 5)
@@ -260,7 +259,7 @@ def test_store_read_by_worker_processes_gives_the_same_batches(tmp_path):
 
 
 def test_epoch_sampler_resumes_inside_an_epoch_and_shards():
-    from orand_addon.seg.data import EpochSampler
+    from orand_addon.segment.data import EpochSampler
 
     full = [i for _, i in EpochSampler(23, 4, seed=1, epoch=3)]
     assert len(full) == 20 and len(set(full)) == 20  # 5 whole batches, no repeats
@@ -274,7 +273,7 @@ def test_epoch_sampler_resumes_inside_an_epoch_and_shards():
 def test_ranks_shares_of_a_step_are_the_one_process_batch(n, batch, world):
     """DDP with global batch ``batch``: rank r takes ``batch / world`` images per step; together the ranks' step s
     holds exactly the images of the one-process step s (the same number of steps, nothing left out or repeated)."""
-    from orand_addon.seg.data import EpochSampler, batches_per_epoch
+    from orand_addon.segment.data import EpochSampler, batches_per_epoch
 
     one = [i for _, i in EpochSampler(n, batch, seed=4, epoch=2)]
     steps = batches_per_epoch(n, batch)

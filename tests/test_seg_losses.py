@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from orand_addon.errors import OrandError
-from orand_addon.seg.losses import build_loss
+from orand_addon.segment.losses import build_loss
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -15,9 +15,10 @@ from helpers import one_torch_thread  # noqa: F401 (fixture)
 from orand_addon.cli import cli
 from orand_addon.errors import OrandError
 from orand_addon.io.images import load_image, load_label_png
-from orand_addon.seg.infer import dense_crf, load_segmenter, predict_probs, segment_images
-from orand_addon.seg.train import SegTrainConfig, train_segmentation
-from orand_addon.store import Store
+from orand_addon.segment.infer import dense_crf, load_segmenter, predict_probs
+from orand_addon.segment.stage import segment_images
+from orand_addon.segment.train import SegTrainConfig, train_segmentation
+from orand_addon.store.store import Store
 from test_seg_data import tiny_voc
 
 
@@ -200,16 +201,3 @@ def test_a_damaged_record_of_an_earlier_run_is_one_line(trained, tmp_path):
     assert json.loads((out / "segment.json").read_text())["parameters"]["scales"] == [1.0]
 
 
-def test_one_process_store_is_flushed_every_64_masks_and_at_the_end(tmp_path, monkeypatch):
-    from orand_addon.seg.outputs import open_outputs
-    from orand_addon.distributed import DistInfo
-
-    flushed = []
-    real = Store.flush
-    monkeypatch.setattr(Store, "flush", lambda self: (flushed.append(len(self.ids("seg"))), real(self))[1])
-    with open_outputs(None, tmp_path / "s.h5", "seg", ["background", "cat"], {}, "test", False, DistInfo(), 70) as out:
-        for n in range(70):
-            out.write(f"id{n:02d}", np.zeros((2, 3), np.uint8))
-    assert flushed == [64, 70]
-    with Store(tmp_path / "s.h5") as store:
-        assert len(store.ids("seg")) == 70

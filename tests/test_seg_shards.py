@@ -19,9 +19,10 @@ from test_distributed_shards import complete_ids, shard_complete, written
 from helpers import one_torch_thread  # noqa: F401 (fixture)
 from test_seg_data import tiny_voc
 from orand_addon.cli import cli
-from orand_addon.distributed import shard, shard_path
+from orand_addon.runtime.distributed import shard
+from orand_addon.store.shards import shard_path
 from orand_addon.io.images import load_label_png
-from orand_addon.seg.train import SegTrainConfig, train_segmentation
+from orand_addon.segment.train import SegTrainConfig, train_segmentation
 
 SCORES = ("miou", "mean_precision", "mean_recall", "iou")
 

@@ -14,15 +14,14 @@ from click.testing import CliRunner
 from helpers import one_torch_thread  # noqa: F401 (fixture)
 from orand_addon.cli import cli
 from orand_addon.cli.seg import LOSS_NAMES, MODEL_NAMES
-from orand_addon.errors import OrandError
+from orand_addon.errors import Interrupted, OrandError
 from orand_addon.io.images import load_image, load_label_png
-from orand_addon.runtime import Interrupted
-from orand_addon.seg import train as train_module
-from orand_addon.seg.data import normalize
-from orand_addon.seg.infer import load_segmenter
-from orand_addon.seg.losses import LOSSES
-from orand_addon.seg.models import MODELS, build_model, param_groups
-from orand_addon.seg.train import SegTrainConfig, train_segmentation
+from orand_addon.segment import train as train_module
+from orand_addon.segment.data import normalize
+from orand_addon.segment.infer import load_segmenter
+from orand_addon.segment.losses import LOSSES
+from orand_addon.segment.models import MODELS, build_model, param_groups
+from orand_addon.segment.train import SegTrainConfig, train_segmentation
 from test_seg_data import tiny_voc
 
 
@@ -137,9 +136,9 @@ def test_scale_schedule_is_applied_and_logged_per_epoch(tiny, tmp_path, monkeypa
     seen = []
     real_step = train_module.train_step
 
-    def spy(net, images, masks, *args):
+    def spy(net, images, masks, *args, **kwargs):
         seen.append((tuple(images.shape[-2:]), tuple(masks.shape[-2:])))
-        return real_step(net, images, masks, *args)
+        return real_step(net, images, masks, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "train_step", spy)
     run = tmp_path / "run"
@@ -159,11 +158,11 @@ def test_resume_after_ctrl_c_continues_exactly(tiny, tmp_path, monkeypatch):
     calls = {"n": 0}
     real_step = train_module.train_step
 
-    def interrupt_on_fourth(*args):
+    def interrupt_on_fourth(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 4:
             raise KeyboardInterrupt
-        return real_step(*args)
+        return real_step(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "train_step", interrupt_on_fourth)
     resumed = tmp_path / "resumed"
@@ -190,7 +189,9 @@ def test_resume_after_ctrl_c_continues_exactly(tiny, tmp_path, monkeypatch):
     assert [r["loss"] for r in read_log(straight)] == [r["loss"] for r in read_log(resumed)]
 
 
-def test_ctrl_c_finishes_the_step_and_resume_validates_the_epoch_it_ended(tiny, tmp_path, monkeypatch):
+def test_ctrl_c_abandons_the_step_in_progress_and_resume_continues_exactly(tiny, tmp_path, monkeypatch):
+    """Ctrl-C while a step computes stops at once: the step is dropped (weights, buffers and RNG as after the step
+    before), the checkpoint holds the last finished step, and the resumed run is the straight one."""
     import os
     import signal
 
@@ -199,18 +200,18 @@ def test_ctrl_c_finishes_the_step_and_resume_validates_the_epoch_it_ended(tiny, 
     calls = {"n": 0}
     real_step = train_module.train_step
 
-    def ctrl_c_in_second_step(*args):
+    def ctrl_c_in_second_step(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:  # the last step of epoch 1: Ctrl-C arrives while it runs
+        if calls["n"] == 2:  # the last step of epoch 1: Ctrl-C arrives while it computes
             os.kill(os.getpid(), signal.SIGINT)
-        return real_step(*args)
+        return real_step(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "train_step", ctrl_c_in_second_step)
     resumed = tmp_path / "resumed"
     run = config(tiny, resumed, epochs=2, val_list=str(tiny["list"]), gt=str(tiny["masks"]))
-    with pytest.raises(Interrupted, match=r"interrupted at epoch 1, step 2; .*last.pt saved, rerun with --resume"):
+    with pytest.raises(Interrupted, match=r"interrupted at epoch 1, step 1; .*last.pt saved, rerun with --resume"):
         train_segmentation(run)
-    assert calls["n"] == 2 and not (resumed / "log.csv").exists()  # the step finished, its epoch not validated
+    assert calls["n"] == 2 and not (resumed / "log.csv").exists()  # the second step was dropped, nothing validated
     monkeypatch.setattr(train_module, "train_step", real_step)
     train_segmentation(SegTrainConfig(**{**run.__dict__, "resume": True}))
     a = torch.load(straight / "model.pt", weights_only=True)["model"]
@@ -240,8 +241,8 @@ def test_a_second_ctrl_c_in_a_step_still_saves_a_consistent_checkpoint(tiny, tmp
     calls = {"n": 0}
     real_step = train_module.train_step
 
-    def two_ctrl_c_after_the_update(*args):
-        loss = real_step(*args)
+    def two_ctrl_c_after_the_update(*args, **kwargs):
+        loss = real_step(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 3:
             os.kill(os.getpid(), signal.SIGINT)
@@ -261,7 +262,7 @@ def test_a_second_ctrl_c_in_a_step_still_saves_a_consistent_checkpoint(tiny, tmp
     assert [r["loss"] for r in read_log(straight)] == [r["loss"] for r in read_log(resumed)]
 
 
-def test_ctrl_c_during_validation_stops_after_it(tiny, tmp_path, monkeypatch):
+def test_ctrl_c_during_validation_stops_at_once_and_resume_validates_that_epoch(tiny, tmp_path, monkeypatch):
     import os
     import signal
 
@@ -280,9 +281,9 @@ def test_ctrl_c_during_validation_stops_after_it(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "validation_confusion", ctrl_c_in_first_validation)
     resumed = tmp_path / "resumed"
     run = config(tiny, resumed, epochs=3, **val)
-    with pytest.raises(Interrupted, match=r"interrupted at epoch 2, step 0; .*last.pt saved, rerun with --resume"):
+    with pytest.raises(Interrupted, match=r"interrupted at epoch 1, step 2; .*last.pt saved, rerun with --resume"):
         train_segmentation(run)
-    assert calls["n"] == 1 and len(read_log(resumed)) == 1  # epoch 1 validated and logged, epoch 2 not begun
+    assert calls["n"] == 1 and not (resumed / "log.csv").exists()  # epoch 1 trained, its validation not finished
     monkeypatch.setattr(train_module, "validation_confusion", real)
     train_segmentation(SegTrainConfig(**{**run.__dict__, "resume": True}))
     same_weights(straight, resumed)
@@ -314,10 +315,11 @@ def test_damaged_checkpoints_are_one_line_errors_naming_the_file(tiny, tmp_path,
         with pytest.raises(OrandError) as info:
             train_segmentation(SegTrainConfig(**{**run.__dict__, "resume": True}))
         text = str(info.value)
-        assert text.startswith(f"--resume: {out / 'last.pt'} is damaged (") and len(text.splitlines()) == 1, damage
+        assert text.startswith(f"--resume: {out / 'last.pt'}: damaged train-seg checkpoint (") and \
+            len(text.splitlines()) == 1, damage
         assert text.endswith("); start a new --out")
 
-    from orand_addon.seg.infer import load_segmenter
+    from orand_addon.segment.infer import load_segmenter
 
     for bad, reason in ((dict(good["meta"], model=None), "unknown model 'None'"),
                         ({k: v for k, v in good["meta"].items() if k != "model"}, "its meta has no valid model")):
@@ -335,7 +337,7 @@ def test_damaged_checkpoints_are_one_line_errors_naming_the_file(tiny, tmp_path,
 
 
 def test_checkpoints_keep_the_gpu_rng_states_when_cuda_is_in_use(tmp_path, monkeypatch):
-    from orand_addon.seg.state import save_state
+    from orand_addon.segment.state import save_state
 
     gpu_states = [torch.tensor([7, 7], dtype=torch.uint8)]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

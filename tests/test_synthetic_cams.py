@@ -13,9 +13,9 @@ from orand_addon.cli import cli
 from orand_addon.errors import OrandError
 from orand_addon.io.safe_pickle import safe_load_npy
 from orand_addon.io.sources import read_cams
-from orand_addon.store import Store
-from orand_addon.synthetic import CLASS_NAMES, build_classifier, make_cams, make_dataset
-from orand_addon.synthetic.classifiers import TrainConfig, load_split, train_classifier
+from orand_addon.store.store import Store
+from orand_addon.demo.synthetic import CLASS_NAMES, build_classifier, make_cams, make_dataset
+from orand_addon.demo.synthetic.classifiers import TrainConfig, load_split, train_classifier
 
 SIZE = (64, 80)
 EPOCHS = {"cnn": 2, "vit": 2}
@@ -135,8 +135,8 @@ def test_unknown_dataset_folder(tmp_path):
 
 
 def test_sanity_scores_match_the_metrics_module_and_picture(testbed):
-    from orand_addon.synthetic import evaluate_testbed, format_table, plot_examples
-    from orand_addon.synthetic.quality import THRESHOLDS, confusions, scores, source_maps
+    from orand_addon.demo.synthetic import evaluate_testbed, format_table, plot_examples
+    from orand_addon.demo.synthetic.quality import THRESHOLDS, confusions, scores, source_maps
 
     info, dirs, tmp = testbed
     results = evaluate_testbed(info, dirs, tmp / "sanity", split="val", show_progress=False)
@@ -144,7 +144,7 @@ def test_sanity_scores_match_the_metrics_module_and_picture(testbed):
     for row in results.values():
         assert 0 <= row["fixed"]["miou"] <= row["best"]["miou"] <= 100
     assert format_table(results).count("\n") == len(results)
-    functional = pytest.importorskip("orand_addon.metrics.functional")
+    functional = pytest.importorskip("orand_addon.evaluation.functional")
     from orand_addon.io.images import load_label_png
     from orand_addon.masks import maps_to_mask
 
@@ -169,7 +169,7 @@ def test_sanity_scores_match_the_metrics_module_and_picture(testbed):
 def test_sanity_entry_point_writes_its_record(tmp_path, capsys):
     import json
 
-    from orand_addon.synthetic.sanity import main
+    from orand_addon.demo.synthetic.sanity import main
 
     record = main(["--out", str(tmp_path), "--size", "ci,n_train=8,n_val=4,cnn_epochs=1,vit_epochs=1",
                    "--split", "val", "--device", "cpu", "--no-progress"])

@@ -12,8 +12,8 @@ from PIL import Image
 from orand_addon.classes import get_class_set, load_labels, read_id_list
 from orand_addon.errors import OrandError
 from orand_addon.io.images import load_image, load_label_png
-from orand_addon.synthetic import CLASS_NAMES, load_dataset, make_dataset, resolve_size
-from orand_addon.synthetic.generator import generate_image
+from orand_addon.demo.synthetic import CLASS_NAMES, load_dataset, make_dataset, resolve_size
+from orand_addon.demo.synthetic.generator import generate_image
 
 SIZE = (64, 80)
 
@@ -139,7 +139,7 @@ def test_identical_bytes_from_another_process(dataset, tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from orand_addon.synthetic import make_dataset; "
+    code = ("import sys; from orand_addon.demo.synthetic import make_dataset; "
             "make_dataset(sys.argv[1], n_train=12, n_val=5, image_size=(64, 80), seed=3, show_progress=False)")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "p")], check=True, env={"PYTHONHASHSEED": "123"})
     assert tree_digest(tmp_path / "p") == tree_digest(dataset.root)

@@ -8,7 +8,7 @@ from typing import Callable
 
 import click
 
-from ..runtime import DEVICE_HELP
+from ..runtime.devices import DEVICE_HELP
 
 # the names of orand_addon.io.formats.CAM_FORMATS (kept literal so --help does not import numpy; a test checks it)
 FORMAT_CHOICES = ["auto", "irn", "amn", "orandnet", "mctformer", "crf-dict", "toco", "clip-es", "npz"]

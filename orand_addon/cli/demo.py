@@ -32,13 +32,13 @@ def demo(out: str, size: str, make_data: str | None, stop_after: str, device: st
       orand-addon demo --make-data syn_voc/  # just the dataset (JPEGImages, SegmentationClassAug, lists, labels)
     """
     if make_data:
-        from ..synthetic import make_dataset, resolve_size
+        from ..demo.synthetic import make_dataset, resolve_size
 
         spec = resolve_size(size)
         info = make_dataset(make_data, spec.n_train, spec.n_val, spec.image_size, seed=seed, show_progress=progress)
         click.echo(f"wrote {len(info.train_ids)} train + {len(info.val_ids)} val images to {info.root} "
                    f"(classes: {info.classes_path}, labels: {info.labels_path})")
         return
-    from ..demo import run_demo
+    from ..demo.run import run_demo
 
     run_demo(out, size=size, seed=seed, device=device, stop_after=stop_after, progress=progress, echo=click.echo)

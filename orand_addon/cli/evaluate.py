@@ -10,7 +10,6 @@ import click
 from .common import FORMAT_CHOICES, class_options, echo_lines, progress_option, workers_option
 
 
-
 def _has_npy(pred: str) -> bool:
     path = Path(pred)
     return path.is_dir() and next(path.glob("*.npy"), None) is not None
@@ -74,14 +73,14 @@ def evaluate(**kw) -> None:
     baseline, 2 bad input.
     """
     from ..classes import get_class_set, load_labels, read_id_list
-    from ..metrics.evaluate import evaluate as run_evaluate
-    from ..metrics.predictions import PredSpec
-    from ..metrics.results import gate, result_dict, table_lines, write_csv, write_json
+    from ..evaluation.stage import evaluate as run_evaluate
+    from ..evaluation.predictions import PredSpec
+    from ..evaluation.results import gate, result_dict, table_lines, write_csv, write_json
 
     if kw["bg_thres"] is not None and kw["sweep"] is not None:
         raise click.UsageError("give either --bg-thres or --sweep, not both")
     if kw["report"]:
-        from ..metrics.report import require_matplotlib
+        from ..evaluation.report import require_matplotlib
 
         require_matplotlib()
     if kw["images"] and not Path(kw["images"]).is_dir():
@@ -105,7 +104,7 @@ def evaluate(**kw) -> None:
         write_csv(result, kw["csv_path"])
         click.echo(f"wrote {kw['csv_path']}")
     if kw["report"]:
-        from ..metrics.report import write_report
+        from ..evaluation.report import write_report
 
         page = write_report(result, kw["report"], images=kw["images"], examples=kw["examples"],
                             spec=PredSpec(kw["pred"], kw["cam_format"], labels))

@@ -28,7 +28,7 @@ def export(store_path: str, kind: str, target: str, out: str, ids: str | None, b
       orand-addon export --store fused.h5 --kind or --to png --bg-thres 0.3 --out or_masks/
     """
     from ..classes import read_id_list
-    from ..export import export_kind
+    from ..io.export import export_kind
 
     n = export_kind(store_path, kind, target, out, read_id_list(ids) if ids else None, bg_thres, progress)
     click.echo(f"wrote {n} files to {out}")

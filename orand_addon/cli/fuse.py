@@ -67,8 +67,9 @@ def fuse(**kw) -> None:
       orand-addon merge --from-shards fused.h5
     """
     from ..classes import get_class_set, load_labels, read_id_list
-    from ..distributed import dist_info, shard_path
-    from ..fuse import MAP_KINDS, FuseOptions, run_fuse
+    from ..runtime.distributed import dist_info
+    from ..store.shards import shard_path
+    from ..fuse.stage import MAP_KINDS, FuseOptions, run_fuse
 
     letters = [x for x in SOURCE_LETTERS if kw[f"cams_{x}"]]
     if letters != list(SOURCE_LETTERS[: len(letters)]):

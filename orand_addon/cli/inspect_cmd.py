@@ -21,7 +21,7 @@ def inspect(path: str, fmt: str, class_spec: str, labels: str | None, limit: int
       orand-addon inspect amn_cams/
       orand-addon inspect fused.h5
     """
-    from ..inspect import inspect_path
+    from ..io.inspection import inspect_path
 
     for line in inspect_path(path, fmt, class_spec, labels, limit):
         click.echo(line)

@@ -34,9 +34,10 @@ def merge(shards: tuple[str, ...], out: str | None, from_shards: str | None, inc
       orand-addon merge --out fused.h5 fused.rank0-of-2.h5 fused.rank1-of-2.h5
       orand-addon merge --from-shards fused.h5 --shards-after delete
     """
-    from ..distributed import dist_info, find_shards
+    from ..runtime.distributed import dist_info
+    from ..store.shards import find_shards
     from ..errors import OrandError
-    from ..merge import merge_shards
+    from ..store.merge import merge_shards
 
     if dist_info().enabled:
         raise OrandError("merge runs as one process, not under torchrun (run it once every rank has finished)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..runtime import PRECISIONS
+from ..runtime.devices import PRECISIONS
 from .common import command_line, device_option, progress_option
 
 
@@ -42,7 +42,8 @@ def predict(store_path: str, checkpoint: str, ids: str | None, **kw) -> None:
       orand-addon merge --from-shards fused.h5
     """
     from ..classes import read_id_list
-    from ..distributed import dist_info, shard_path
+    from ..runtime.distributed import dist_info
+    from ..store.shards import shard_path
     from ..orandnet.predict import PredictConfig, predict_orandnet
 
     dist = dist_info()

@@ -1,12 +1,12 @@
 """``orand-addon refine``: IRN on stored maps — seeds + CRF, IRN training, random walk -> kind ``rw`` and masks.
 
-Under torchrun: DDP training, and per-rank shards for the seeds and the walk (see ``orand_addon.irn.refine``)."""
+Under torchrun: DDP training, and per-rank shards for the seeds and the walk (see ``orand_addon.refine.pipeline``)."""
 
 from __future__ import annotations
 
 import click
 
-from ..runtime import PRECISIONS
+from ..runtime.devices import PRECISIONS
 from .common import command_line, device_option, echo_lines, progress_option, seed_option
 
 
@@ -118,11 +118,11 @@ def refine(**kw) -> None:
     Training is DDP (--batch-size stays the global batch); seeds and walk write one shard per rank.
     """
     from ..classes import get_class_set, read_id_list
-    from ..distributed import dist_info
-    from ..irn.refine import refine as run_refine
-    from ..irn.seeds import CrfParams, SeedOptions
-    from ..irn.train import TrainOptions
-    from ..irn.walk_step import WalkOptions
+    from ..runtime.distributed import dist_info
+    from ..refine.pipeline import refine as run_refine
+    from ..refine.seeds import CrfParams, SeedOptions
+    from ..refine.train import TrainOptions
+    from ..refine.walk_stage import WalkOptions
 
     seed_options = SeedOptions(kw["fg_thres"], kw["bg_thres"], CrfParams(iterations=kw["crf_iterations"]))
     train_options = TrainOptions(

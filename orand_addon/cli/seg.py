@@ -7,11 +7,11 @@ import json
 
 import click
 
-from ..distributed import DistInfo
-from ..runtime import PRECISIONS
+from ..runtime.distributed import DistInfo
+from ..runtime.devices import PRECISIONS
 from .common import command_line, device_option, echo_lines, progress_option, seed_option, workers_option
 
-# Kept in sync with orand_addon.seg.models.MODELS and seg.losses.LOSSES (a test checks it); listed here so that
+# Kept in sync with orand_addon.segment.models.MODELS and seg.losses.LOSSES (a test checks it); listed here so that
 # --help does not import torch.
 MODEL_NAMES = ("deeplabv2-resnet101", "deeplabv2-resnet50", "deeplabv2-resnet34", "deeplabv2-resnet18",
                "deeplabv2-resnet18-os16", "deeplabv3-resnet101", "deeplabv3-resnet50")
@@ -97,8 +97,8 @@ def train_seg(**kw) -> None:
     RUN_DIR; resumable with any number of processes that divides --batch-size):
       torchrun --nproc-per-node 4 -m orand_addon train-seg ... --batch-size 16 --out runs/deeplab
     """
-    from ..distributed import dist_info
-    from ..seg.train import SegTrainConfig, train_segmentation
+    from ..runtime.distributed import dist_info
+    from ..segment.train import SegTrainConfig, train_segmentation
 
     names = {f.name for f in dataclasses.fields(SegTrainConfig)}
     config = SegTrainConfig(**{k: v for k, v in kw.items() if k in names and k != "scale_range"},
@@ -144,8 +144,8 @@ def segment(**kw) -> None:
       orand-addon merge --from-shards seg.h5
     """
     from ..classes import read_id_list
-    from ..distributed import dist_info
-    from ..seg.infer import segment_images
+    from ..runtime.distributed import dist_info
+    from ..segment.stage import segment_images
 
     store, group = kw["store"], "seg"
     if store and ":" in store.rsplit("/", 1)[-1]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..runtime import PRECISIONS
+from ..runtime.devices import PRECISIONS
 from .common import device_option, progress_option, seed_option, workers_option
 
 LOSS_NAMES = ["official", "bg-softmax", "bce"]  # orand_addon.orandnet.losses.LOSSES (kept import-free for --help)
@@ -67,7 +67,7 @@ def train(store_path: str, out_dir: str, ids: str | None, resume: bool, **kw) ->
       torchrun --nproc-per-node 4 -m orand_addon train --store fused.h5 --out runs/ddp --iterations 1250
     """
     from ..classes import read_id_list
-    from ..distributed import dist_info
+    from ..runtime.distributed import dist_info
     from ..orandnet.train import TrainConfig, train_orandnet
 
     config = TrainConfig(ids=tuple(read_id_list(ids)) if ids else None, **kw)

@@ -94,7 +94,7 @@ def load_label_png(path: str | Path) -> np.ndarray:
 
 def save_label_png(path: str | Path, mask: np.ndarray) -> None:
     """Write a mask as a VOC palette PNG (atomically: temporary file, then rename)."""
-    from ..runtime import atomic_write
+    from ..runtime.files import atomic_write
 
     img = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
     img.putpalette(_PALETTE)

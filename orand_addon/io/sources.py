@@ -193,7 +193,7 @@ class StoreCamSource(Mapping):
     """``id -> CamRecord`` over one kind of an orand-addon HDF5 store (``STORE.h5:KIND``)."""
 
     def __init__(self, path: str | Path, kind: str):
-        from ..store import Store
+        from ..store.store import Store
 
         self.path = Path(path)
         self.kind = kind

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import OrandError
 from ..masks import strided_size
-from ..runtime import atomic_write
+from ..runtime.files import atomic_write
 from .resize import resize_maps
 
 

@@ -22,8 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import StoreError
-from ..runtime import ignore_sigint
-from ..store import Store
+from ..runtime.workers import ignore_sigint
+from ..store.store import Store
 
 INPUT_KIND, TARGET_KIND = "or", "and"
 T = TypeVar("T")

@@ -260,7 +260,7 @@ def read_checkpoint(path: str | Path) -> dict:
     A bare FCN8s state dict is refused: ``fcn8s`` and ``fcn8s-same`` have the same tensors, and the loss decides
     the postprocess, so neither can be guessed from the weights.
     """
-    from ..runtime import load_checkpoint
+    from ..runtime.files import load_checkpoint
 
     if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes zip archives
         raise OrandError(f"{path}: corrupt or unreadable checkpoint (not a torch.save archive; truncated?)")

@@ -6,9 +6,10 @@ zero; the official code adds 1e-5 to the max instead). The result has the keys a
 ``orand-addon export --kind orandnet --to irn`` gives IRN's layout (``keys``, stride-4 ``cam``, ``high_res``).
 
 Throughput: images of equal size are batched together, all class maps of an image in the same batch where they
-fit (``batch_size`` class maps per forward pass); bf16 autocast and channels-last on a GPU. The store is read and
-written in this process only (HDF5 allows one writer). Images already in ``orandnet`` are skipped, so an
-interrupted run resumes; an image with no classes gets an empty (0, H, W) entry so every id of ``or`` has one.
+fit (``batch_size`` class maps per forward pass); bf16 autocast and channels-last on a GPU. :class:`PredictStage`
+runs on the stage engine (:mod:`orand_addon.engine.stage`): images already in ``orandnet`` are skipped, so an
+interrupted run resumes, and a crash loses at most the images since the last sealed part; an image with no
+classes gets an empty (0, H, W) entry so every id of ``or`` has one.
 
 Under torchrun each rank reads the store (read-only) and writes its share, ``shard(batches, rank, world)`` of the
 one-process run's batches (:func:`plan_work`, so every map is computed as in that run), into its own shard
@@ -22,17 +23,17 @@ import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Container, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from ..distributed import DistInfo, main_only, pick_device, shard
+from ..engine.stage import ImageResult, RunOptions, Stage, StageReport, run_stage
+from ..runtime.distributed import DistInfo, main_only, pick_device
 from ..errors import OrandError, StoreError
 from .losses import score_to_map
-from ..merge import done_ids, finish_shard, open_shard, start_shard
-from ..runtime import Interrupted, autocast, check_precision, cudnn_mode, progress, resolve_precision
-from ..store import Store
+from ..runtime.devices import autocast, check_precision, cudnn_mode, resolve_precision
+from ..store.store import Store
 from .data import INPUT_KIND, require_kinds
 from .model import FCN8s, load_orandnet
 
@@ -114,7 +115,7 @@ def _stderr(line: str) -> None:
 
 @dataclass
 class _Job:
-    """What one prediction run writes, and how."""
+    """How one prediction run computes its maps."""
 
     model: FCN8s
     device: torch.device
@@ -122,20 +123,6 @@ class _Job:
     batch_size: int
     dtype: str
     activation: str = "relu"
-
-
-def write_batch(store: Store, job: _Job, batch: Sequence[str], sink: Store | None = None,
-                skip: Container[str] = frozenset()) -> None:
-    """Predict the class maps of ``batch`` (images of one size) in one go and write those of the ids not in
-    ``skip`` to ``sink`` (default: the store they are read from)."""
-    sink = sink or store
-    read = [store.read_maps(INPUT_KIND, i) for i in batch]
-    maps = predict_maps(job.model, torch.from_numpy(np.concatenate([m for m, _ in read])), job.batch_size,
-                        job.device, job.precision, job.activation).numpy()
-    parts = np.split(maps, np.cumsum([len(keys) for _, keys in read])[:-1])
-    for image_id, part, (_, keys) in zip(batch, parts, read):
-        if image_id not in skip:
-            sink.write_maps(OUTPUT_KIND, image_id, part, keys, dtype=job.dtype)
 
 
 def plan_work(store: Store, ids: Sequence[str], batch_size: int) -> list[list[str]]:
@@ -150,39 +137,6 @@ def plan_work(store: Store, ids: Sequence[str], batch_size: int) -> list[list[st
     return empty + plan_batches([(i, shapes[i][1:], shapes[i][0]) for i in ids], batch_size)
 
 
-def write_all(store: Store, job: _Job, work: Sequence[Sequence[str]], done: Container[str], bar, sink: Store | None = None,
-              flush_every: int = 64) -> tuple[int, list[str]]:
-    """Write ``orandnet`` into ``sink`` (default: ``store``) for the ids of ``work`` (see :func:`plan_work`) not in
-    ``done``, flushing every ``flush_every`` images; returns ``(written, ids with no classes)``. Ctrl-C keeps what
-    is written."""
-    sink = sink or store
-    todo = [i for batch in work for i in batch if i not in done]
-    empty, written, unflushed = [], 0, 0
-    try:
-        with cudnn_mode(deterministic=False, benchmark=True):
-            for batch in work:
-                missing = [i for i in batch if i not in done]
-                if not missing:
-                    continue
-                shape = store.map_shape(INPUT_KIND, batch[0])
-                if shape[0] == 0:
-                    sink.write_maps(OUTPUT_KIND, batch[0], np.zeros(shape, np.float32),
-                                    store.read_keys(INPUT_KIND, batch[0]), dtype=job.dtype)
-                    empty.append(batch[0])
-                else:
-                    write_batch(store, job, batch, sink, skip=done)
-                written += len(missing)
-                unflushed += len(missing)
-                bar.update(len(missing))
-                if unflushed >= flush_every:
-                    sink.flush()
-                    unflushed = 0
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted after {written} of {len(todo)} images; {sink.path} keeps them and the "
-                          f"same command resumes") from None
-    return written, empty
-
-
 def wanted_ids(store: Store, ids: Sequence[str] | None) -> list[str]:
     """The ids to predict: ``ids`` (each must have ``or`` maps) or every id of ``or``."""
     require_kinds(store, (INPUT_KIND,), "run 'orand-addon fuse' first")
@@ -194,13 +148,78 @@ def wanted_ids(store: Store, ids: Sequence[str] | None) -> list[str]:
     return wanted
 
 
+class PredictStage(Stage):
+    """ORANDNet over the ``or`` maps of the store, a batch of images of one size per unit, into kind ``orandnet``."""
+
+    name: ClassVar[str] = "predict"
+
+    def __init__(self, store_path: str | Path, checkpoint: str | Path, config: PredictConfig, command: str,
+                 device: torch.device):
+        self.store_path, self.config, self.command, self.dtype = Path(store_path), config, command, config.dtype
+        model, ckpt = load_orandnet(checkpoint)
+        model.eval().to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
+        activation = score_to_map((ckpt.get("train_config") or {}).get("loss"))
+        self.job = _Job(model, device, resolve_precision(device, config.precision),
+                        config.batch_size or (16 if device.type == "cuda" else 4), config.dtype, activation)
+        self.iteration, planned = ckpt.get("iteration"), (ckpt.get("train_config") or {}).get("iterations")
+        self.unfinished = isinstance(self.iteration, int) and isinstance(planned, int) and self.iteration < planned
+        self.planned_iterations = planned
+        self._parameters = {"checkpoint": str(Path(checkpoint).resolve()), "iteration": self.iteration,
+                            "saved_at": ckpt.get("saved_at"), "model": model.config(), "input": INPUT_KIND,
+                            "postprocess": f"{activation}, per-map max normalisation", "dtype": config.dtype}
+        self._source: Store | None = None
+        self._modes = None
+
+    def groups(self) -> tuple[str, ...]:
+        return (OUTPUT_KIND,)
+
+    def parameters(self, source: Store | None) -> dict:
+        return self._parameters
+
+    def plan(self, source: Store | None) -> list[tuple[str, ...]]:
+        if source is None:
+            raise StoreError(f"{self.store_path}: store not found")
+        return [tuple(b) for b in plan_work(source, wanted_ids(source, self.config.ids), self.job.batch_size)]
+
+    def plan_settings(self) -> dict:
+        return {"batch_size": self.job.batch_size}
+
+    def setup(self) -> None:
+        self._source = Store(self.store_path)
+        self._modes = cudnn_mode(deterministic=False, benchmark=True)
+        self._modes.__enter__()
+
+    def teardown(self) -> None:
+        if self._modes is not None:
+            self._modes.__exit__(None, None, None)
+        if self._source is not None:
+            self._source.close()
+
+    def compute(self, unit: tuple[str, ...]) -> list[ImageResult]:
+        store, job = self._source, self.job
+        shape = store.map_shape(INPUT_KIND, unit[0])
+        if shape[0] == 0:
+            keys = store.read_keys(INPUT_KIND, unit[0])
+            return [ImageResult(unit[0], maps={OUTPUT_KIND: (np.zeros(shape, np.float32), keys)},
+                                notes=[("images with no classes got an empty entry", unit[0])])]
+        read = [store.read_maps(INPUT_KIND, i) for i in unit]
+        maps = predict_maps(job.model, torch.from_numpy(np.concatenate([m for m, _ in read])), job.batch_size,
+                            job.device, job.precision, job.activation).numpy()
+        parts = np.split(maps, np.cumsum([len(keys) for _, keys in read])[:-1])
+        return [ImageResult(i, maps={OUTPUT_KIND: (part, keys)}) for i, part, (_, keys) in zip(unit, parts, read)]
+
+    def summary(self, report: StageReport) -> list[str]:
+        return [f"predict: wrote {report.written} images, {report.skipped_existing} already had /{OUTPUT_KIND}",
+                *report.recovered, *report.note_lines()]
+
+
 def predict_orandnet(store_path: str | Path, checkpoint: str | Path, config: PredictConfig = PredictConfig(),
                      command: str = "orand-addon predict", echo: Callable[[str], None] = _stderr,
                      dist: DistInfo = DistInfo()) -> int:
     """Write kind ``orandnet`` for every image of ``or`` (or ``config.ids``) missing it; returns how many.
 
-    With ``dist.world_size`` > 1: this rank's share into its shard of ``store_path`` (see the module docstring),
-    skipping ids already in the shard or in the store; ``device`` auto/cuda means ``cuda:LOCAL_RANK``.
+    With ``dist.world_size`` > 1: this rank's share (whole batches of the one-process plan) into its shard of
+    ``store_path`` (see the module docstring); ``device`` auto/cuda means ``cuda:LOCAL_RANK``.
     """
     if config.dtype not in DTYPES:
         raise OrandError(f"unknown map dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
@@ -209,59 +228,18 @@ def predict_orandnet(store_path: str | Path, checkpoint: str | Path, config: Pre
         raise OrandError(f"--batch-size must be >= 1 (or 0 for automatic), got {config.batch_size}")
     if not Path(store_path).is_file():
         raise StoreError(f"{store_path}: store not found")
-    device = pick_device(config.device, dist)
     say = main_only(echo, dist)
-    model, ckpt = load_orandnet(checkpoint)
-    model.eval().to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
-    activation = score_to_map((ckpt.get("train_config") or {}).get("loss"))
-    job = _Job(model, device, resolve_precision(device, config.precision),
-               config.batch_size or (16 if device.type == "cuda" else 4), config.dtype, activation)
-    done_at, planned = ckpt.get("iteration"), (ckpt.get("train_config") or {}).get("iterations")
-    if isinstance(done_at, int) and isinstance(planned, int) and done_at < planned:
-        say(f"note: {checkpoint} is at iteration {done_at} of {planned} (training not finished)")
-    parameters = {"checkpoint": str(Path(checkpoint).resolve()), "iteration": done_at, "saved_at": ckpt.get("saved_at"),
-                  "model": model.config(), "input": INPUT_KIND, "postprocess": f"{activation}, per-map max normalisation",
-                  "dtype": config.dtype}
-    del ckpt
-    if dist.enabled:
-        return predict_shard(store_path, job, parameters, config, command, echo, dist)
-    with Store(store_path, mode="a") as store:
-        wanted = wanted_ids(store, config.ids)
-        store.begin([OUTPUT_KIND], command, parameters, force=config.overwrite)
-        done = {i for i in wanted if store.has(OUTPUT_KIND, i)}
-        if done:
-            echo(f"{len(done)} images already have /{OUTPUT_KIND} (skipped)")
-        bar = progress(desc="predict", total=len(wanted) - len(done), enabled=config.progress, unit="img")
-        try:
-            written, empty = write_all(store, job, plan_work(store, wanted, job.batch_size), done, bar)
-        finally:
-            bar.close()
+    stage = PredictStage(store_path, checkpoint, config, command, pick_device(config.device, dist))
+    if stage.unfinished:
+        say(f"note: {checkpoint} is at iteration {stage.iteration} of {stage.planned_iterations} (training not finished)")
+    report = run_stage(stage, store_path, RunOptions(overwrite=config.overwrite, progress=config.progress, dist=dist))
+    where = f"rank {dist.rank}: " if dist.enabled else ""
+    if report.skipped_existing:
+        share = f" of its {report.planned}" if dist.enabled else ""
+        echo(f"{where}{report.skipped_existing}{share} images already have /{OUTPUT_KIND} (skipped)")
+    for line in report.recovered:
+        echo(line)
+    empty = report.notes.get("images with no classes got an empty entry", [])
     if empty:
-        echo(f"{len(empty)} images with no classes got an empty /{OUTPUT_KIND} entry: {', '.join(empty[:3])}")
-    return written
-
-
-def predict_shard(store_path: str | Path, job: _Job, parameters: dict, config: PredictConfig, command: str,
-                  echo: Callable[[str], None], dist: DistInfo) -> int:
-    """This rank's share of the ids into its shard of ``store_path`` (which is only read); returns how many."""
-    with Store(store_path) as source:
-        work = shard(plan_work(source, wanted_ids(source, config.ids), job.batch_size), dist.rank, dist.world_size)
-        mine = [i for batch in work for i in batch]
-        in_main = done_ids(source, [OUTPUT_KIND], parameters, config.overwrite)
-        with open_shard(store_path, dist, source.class_names) as sink:
-            sink.begin([OUTPUT_KIND], command, parameters, force=config.overwrite)
-            start_shard(sink, dist, len(mine), plan={"batch_size": job.batch_size})
-            done = {i for i in mine if i in in_main or sink.has(OUTPUT_KIND, i)}
-            if done:
-                echo(f"rank {dist.rank}: {len(done)} of its {len(mine)} images already have /{OUTPUT_KIND} (skipped)")
-            bar = progress(desc="predict", total=len(mine) - len(done), enabled=config.progress and dist.is_main,
-                           unit="img")
-            try:
-                written, empty = write_all(source, job, work, done, bar, sink=sink, flush_every=1)
-            finally:
-                bar.close()
-            finish_shard(sink, dist, len(mine), plan={"batch_size": job.batch_size})
-    if empty:
-        echo(f"rank {dist.rank}: {len(empty)} images with no classes got an empty /{OUTPUT_KIND} entry: "
-             f"{', '.join(empty[:3])}")
-    return written
+        echo(f"{where}{len(empty)} images with no classes got an empty /{OUTPUT_KIND} entry: {', '.join(empty[:3])}")
+    return report.written

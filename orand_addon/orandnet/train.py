@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,12 +33,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..distributed import DistInfo, any_rank, barrier, main_only, mean_across_ranks, process_group, wrap_ddp
-from ..errors import OrandError
-from ..runtime import PRECISIONS  # noqa: F401 (the precision names and their resolution live in runtime)
-from ..runtime import (Interrupted, StopRequest, atomic_save, atomic_write_text, autocast, check_precision,
-                       cudnn_mode, grad_scaler, poly_lr, progress, resolve_precision, rng_state, seed_everything,
-                       set_rng_state)
+from ..engine.training import TrainingLoop, poly_lr, restore_state, training_state
+from ..errors import Interrupted, OrandError
+from ..runtime.devices import autocast, check_precision, cudnn_mode, grad_scaler, resolve_precision
+from ..runtime.distributed import DistInfo, barrier, main_only, mean_across_ranks, process_group, wrap_ddp
+from ..runtime.files import atomic_save, atomic_write_text
+from ..runtime.seeding import seed_everything
 from .data import IterationSampler, OrAndMaps, group_steps, make_loader, sample_numbers, sample_seed, training_set
 from .losses import DEFAULT_LOSS, LossFn, get_loss
 from .model import ARCHS, CHECKPOINT_FORMAT, FCN8s, build_model, check_full_state, get_geometry, read_checkpoint
@@ -108,10 +107,12 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.S
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                batch: dict | Sequence[dict], loss_fn: LossFn, lr: float, device: torch.device, precision: str,
-               seeds: Sequence[int] | None = None) -> float:
+               seeds: Sequence[int] | None = None,
+               commit: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> float:
     """One SGD step on one image (its K class maps as a batch) or on several (gradient accumulation: the
     gradient of their mean loss); returns that mean loss. ``seeds``: one per image, set before its forward pass
-    (dropout). ``model`` may be DDP-wrapped: it then averages the gradient over the ranks at the last image."""
+    (dropout). ``model`` may be DDP-wrapped: it then averages the gradient over the ranks at the last image.
+    ``commit``: the context of the weight update (:meth:`~orand_addon.engine.training.TrainingLoop.commit`)."""
     items = [batch] if isinstance(batch, dict) else list(batch)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -129,8 +130,9 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
             loss = loss_fn(scores, targets)
             scaler.scale(loss / len(items) if len(items) > 1 else loss).backward()
         total += float(loss.detach())
-    scaler.step(optimizer)
-    scaler.update()
+    with commit():
+        scaler.step(optimizer)
+        scaler.update()
     return total / len(items)
 
 
@@ -138,25 +140,13 @@ def save_training_state(path: Path, model: FCN8s, optimizer: torch.optim.Optimiz
                         iteration: int, config: TrainConfig, ids: Sequence[str], history: list[float],
                         store_path: str | Path, global_batch: int = 1) -> Path:
     """Checkpoint everything a resumed run needs (loadable with ``weights_only=True``), written atomically."""
-    from .. import __version__
+    from ..version import __version__
 
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "orand_addon_version": __version__,
-        "model_config": model.config(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-        "iteration": iteration,
-        "global_batch": global_batch,
-        "train_config": {k: v for k, v in asdict(config).items() if k != "ids"},
-        "ids": list(ids),
-        "store": str(Path(store_path).resolve()),
-        "rng": rng_state(),
-        "history": list(history),
-        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    return atomic_save(state, path)
+    return atomic_save(training_state(
+        model, optimizer, scaler, format=CHECKPOINT_FORMAT, orand_addon_version=__version__,
+        model_config=model.config(), iteration=iteration, global_batch=global_batch,
+        train_config={k: v for k, v in asdict(config).items() if k != "ids"}, ids=list(ids),
+        store=str(Path(store_path).resolve()), history=list(history)), path)
 
 
 def check_resumable(ckpt: dict, config: TrainConfig, ids: Sequence[str], where: Path, global_batch: int = 1) -> None:
@@ -182,14 +172,7 @@ def restore_training_state(ckpt: dict, model: FCN8s, optimizer: torch.optim.Opti
                            scaler: torch.amp.GradScaler, where: Path) -> tuple[int, list[float]]:
     """Load model, optimizer, scaler and RNG states; returns ``(iteration, loss history)``."""
     check_full_state(model, ckpt["model"], str(where))
-    model.load_state_dict(ckpt["model"])
-    try:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scaler.is_enabled() and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
-        raise OrandError(f"{where}: damaged training state ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    restore_state(ckpt, model, optimizer, scaler, where, "training state", "start a new --out")
     return int(ckpt["iteration"]), [float(x) for x in ckpt.get("history", [])]
 
 
@@ -227,7 +210,7 @@ def train_orandnet(store_path: str | Path, out_dir: str | Path, config: TrainCon
     """Train ORANDNet on ``store_path`` (kinds ``or`` and ``and``); returns the checkpoint ``out_dir/last.pt``.
 
     Checkpoints every ``config.checkpoint_every`` steps, at the end and on Ctrl-C (then raises
-    :class:`~orand_addon.runtime.Interrupted`); ``resume=True`` continues ``out_dir/last.pt`` exactly. Launched
+    :class:`~orand_addon.errors.Interrupted`); ``resume=True`` continues ``out_dir/last.pt`` exactly. Launched
     by torchrun, every rank calls this and they train one model with DDP (see the module docstring).
     """
     config.check()
@@ -267,58 +250,45 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
                                config.accumulate)
     loader = make_loader(dataset, sampler, config.workers, pin_memory=device.type == "cuda")
 
-    saved_at = {"iteration": start if resume else None}
-
     def checkpoint(done: int) -> None:
         if info.is_main:
             save_training_state(ckpt_path, model, optimizer, scaler, done, config, data.ids, history, store_path,
                                 global_batch)
             write_log(out_dir, config, done, history, notes)
-        saved_at["iteration"] = done
         barrier()
 
     done = start
     recent: deque[float] = deque(maxlen=50)
-    bar = progress(desc="train", total=config.iterations, initial=start, enabled=config.progress and info.is_main,
-                   unit="it")
+    loop = TrainingLoop(config.iterations, start, info, device, "train", config.progress, echo, unit="iteration")
     try:
-        with StopRequest(repeat_interrupts=not info.enabled) as stop, cudnn_mode(deterministic=True, benchmark=False):
+        with loop, cudnn_mode(deterministic=True, benchmark=False):
             for step, batch in zip(range(start, config.iterations), group_steps(loader, config.accumulate)):
-                lr = poly_lr(config.lr, step, config.iterations, config.power)
-                seeds = [sample_seed(config.seed, n)
-                         for n in sample_numbers(step, info.rank, info.world_size, config.accumulate)]
-                loss = train_step(net, optimizer, scaler, batch, loss_fn, lr, device, precision, seeds=seeds)
-                loss, stopping = agree(loss, stop.requested, info, device)
-                history.append(loss)
-                recent.append(loss)
-                done = step + 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}", refresh=False)
+                with loop.step(model):
+                    lr = poly_lr(config.lr, step, config.iterations, config.power)
+                    seeds = [sample_seed(config.seed, n)
+                             for n in sample_numbers(step, info.rank, info.world_size, config.accumulate)]
+                    loss = train_step(net, optimizer, scaler, batch, loss_fn, lr, device, precision, seeds=seeds,
+                                      commit=loop.commit)
+                    loss = mean_across_ranks([loss], device)[0]
+                    history.append(loss)
+                    recent.append(loss)
+                    done = step + 1
+                loop.done(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}")
+                stopping = loop.stopping()
                 if done % config.checkpoint_every == 0 or done == config.iterations or stopping:
-                    checkpoint(done)
+                    with loop.saving():
+                        checkpoint(done)
                 if stopping and done < config.iterations:
                     raise Interrupted(f"interrupted at iteration {done} of {config.iterations}; saved {ckpt_path}; "
                                       f"continue with the same command and --resume")
-    except KeyboardInterrupt:
-        last = saved_at["iteration"]
-        hint = (f"{ckpt_path} holds iteration {last}; continue with the same command and --resume" if last is not None
-                else "no checkpoint was saved yet; run the same command again")
-        raise Interrupted(f"interrupted at iteration {done} of {config.iterations}; {hint}") from None
+    except KeyboardInterrupt:  # one process: the step in progress was abandoned, the state is that of ``done``
+        with TrainingLoop.saving():
+            checkpoint(done)
+        raise Interrupted(f"interrupted at iteration {done} of {config.iterations}; saved {ckpt_path}; continue "
+                          f"with the same command and --resume") from None
     finally:
-        bar.close()
         dataset.close()
     return ckpt_path
-
-
-def agree(loss: float, stop: bool, info: DistInfo, device: torch.device) -> tuple[float, bool]:
-    """The mean loss over the ranks (what one process on the global batch reports) and whether any rank was asked
-    to stop (:func:`~orand_addon.distributed.any_rank`: all stop after the same step).
-
-    >>> agree(0.5, False, DistInfo(), torch.device("cpu"))
-    (0.5, False)
-    """
-    (mean,) = mean_across_ranks([loss], device)
-    return mean, any_rank(stop, info, device)
 
 
 __all__ = ["TrainConfig", "train_orandnet", "train_step", "make_optimizer", "build_training_model", "ARCHS"]

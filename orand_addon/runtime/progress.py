@@ -1,0 +1,15 @@
+"""Progress bars (tqdm on stderr) of every long step."""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable
+
+
+def progress(iterable: Iterable | None = None, desc: str = "", total: int | None = None,
+             enabled: bool = True, unit: str = "it", initial: int = 0):
+    """A tqdm bar on stderr (disabled when ``enabled`` is False)."""
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, disable=not enabled, unit=unit, initial=initial,
+                file=sys.stderr, dynamic_ncols=True)

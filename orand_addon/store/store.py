@@ -1,0 +1,272 @@
+"""The HDF5 store: one self-describing file that every stage reads and writes (DESIGN §9).
+
+Layout (readable with plain h5py)::
+
+    /                      attrs: layout_version=1, orand_addon_version, class_names (background first),
+                                  created, provenance (JSON)
+    /<kind>/<image_id>     float16/float32 (K, H, W), attr keys = 0-based foreground classes in channel order
+                           kinds: a, b, c... (source copies), or, and, mean, orandnet, rw
+    /masks/<image_id>      uint8 (H, W), 0 background, 1..C classes, 255 void
+    /seeds/<image_id>      uint8 (H, W), IRN seeds: 0 confident background, 1..C classes, 255 unsure
+    /seg/<image_id>        uint8 (H, W), masks written by ``segment`` (0 background, 1..C classes)
+
+Maps are stored uncompressed by default (writing must not slow the pipeline down; see benchmarks/bench_fuse.py),
+``compression="lzf"`` or ``"gzip"`` trade speed for size; masks are always gzip level 1.
+Each group carries an attr ``provenance`` (JSON: the command and parameters that wrote it). Writes are
+incremental and atomic per id: a dataset is written under a temporary name and then renamed, so a rerun that
+finds ``/<kind>/<id>`` knows it is complete, and leftovers of an interrupted write are removed on open.
+
+>>> import tempfile, numpy as np
+>>> path = tempfile.mkdtemp() + "/s.h5"
+>>> with Store(path, mode="a", class_names=["background", "cat", "dog"]) as s:
+...     s.write_maps("or", "img1", np.ones((1, 2, 3), np.float32), keys=[1])
+>>> with Store(path) as s:
+...     maps, keys = s.read_maps("or", "img1")
+...     s.ids("or"), maps.shape, keys.tolist(), s.class_names
+(['img1'], (1, 2, 3), [1], ['background', 'cat', 'dog'])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from ..classes import VOC_CLASSES
+from ..errors import StoreError
+
+LAYOUT_VERSION = 1
+MASK_GROUPS = ("masks", "seeds", "seg")
+TMP_PREFIX = ".tmp_"
+COMPRESSIONS = ("none", "lzf", "gzip")
+# Masks compress 10-50x and are small: always gzip (readable by every HDF5 tool), cheap at level 1.
+MASK_COMPRESSION = {"compression": "gzip", "compression_opts": 1}
+
+
+def _version() -> str:
+    from ..version import __version__
+
+    return __version__
+
+
+def _check_id(image_id: str) -> str:
+    if not image_id or "/" in image_id or image_id.startswith(TMP_PREFIX) or image_id in (".", ".."):
+        raise StoreError(f"image id {image_id!r} cannot be stored (empty, contains '/', or reserved)")
+    return image_id
+
+
+def _compression_kwargs(compression: str) -> dict[str, Any]:
+    if compression == "none":
+        return {}
+    if compression == "gzip":
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    if compression == "lzf":
+        return {"compression": "lzf"}
+    raise StoreError(f"unknown compression {compression!r}; valid: {', '.join(COMPRESSIONS)}")
+
+
+class Store:
+    """An open HDF5 store. ``mode``: ``r`` read, ``a`` read/write (created if missing)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        mode: str = "r",
+        class_names: Sequence[str] | None = None,
+        compression: str = "none",
+    ):
+        self.path = Path(path)
+        self.mode = mode
+        self.compression = compression
+        _compression_kwargs(compression)
+        if mode == "r":
+            if not self.path.is_file():
+                raise StoreError(f"{self.path}: store not found")
+            try:
+                self.h5 = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise StoreError(f"{self.path}: not a readable HDF5 store ({exc})") from None
+        elif mode == "a":
+            new = not self.path.exists()
+            if self.path.parent.exists() and not self.path.parent.is_dir():
+                raise StoreError(f"{self.path}: cannot create output folder ({self.path.parent} is a file)")
+            if new and not self.path.parent.exists():
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise StoreError(f"{self.path}: cannot create output folder ({exc.strerror})") from None
+            try:
+                self.h5 = h5py.File(self.path, "a")
+            except OSError as exc:
+                reason = os.strerror(exc.errno) if exc.errno else str(exc).split(";")[0]
+                if self.path.exists() and not new:
+                    reason += "; is it open in another process, or not an HDF5 file?"
+                raise StoreError(f"{self.path}: cannot open store for writing ({reason})") from None
+        else:
+            raise StoreError(f"unknown store mode {mode!r}; valid: r, a")
+        try:
+            if mode == "a":
+                if new or ("layout_version" not in self.h5.attrs and not len(self.h5) and not len(self.h5.attrs)):
+                    self._init_attrs(class_names)
+                self._remove_partial_writes()
+            self._check_layout(class_names)
+        except BaseException:
+            self.h5.close()  # never leave the file open (and locked) behind an error
+            raise
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "h5", None) is not None and self.h5.id.valid:
+            self.h5.close()
+
+    def flush(self) -> None:
+        self.h5.flush()
+
+    def _init_attrs(self, class_names: Sequence[str] | None) -> None:
+        names = list(class_names) if class_names is not None else list(VOC_CLASSES)
+        self.h5.attrs["layout_version"] = LAYOUT_VERSION
+        self.h5.attrs["orand_addon_version"] = _version()
+        self.h5.attrs["class_names"] = np.array(names, dtype=h5py.string_dtype())
+        self.h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.h5.attrs["provenance"] = json.dumps({})
+
+    def _check_layout(self, class_names: Sequence[str] | None) -> None:
+        version = self.h5.attrs.get("layout_version")
+        if version is None:
+            raise StoreError(f"{self.path}: not an orand-addon store (no layout_version attribute)")
+        if int(version) > LAYOUT_VERSION:
+            raise StoreError(f"{self.path}: layout_version {int(version)} is newer than this orand-addon understands")
+        if class_names is not None and list(class_names) != self.class_names:
+            raise StoreError(
+                f"{self.path}: store has classes {self.class_names[:4]}... ({len(self.class_names)}), "
+                f"this run uses {list(class_names)[:4]}... ({len(class_names)})"
+            )
+
+    def _remove_partial_writes(self) -> None:
+        for group in list(self.h5.values()):
+            if isinstance(group, h5py.Group):
+                for name in [n for n in group if n.startswith(TMP_PREFIX)]:
+                    del group[name]
+
+    # -- metadata --------------------------------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in self.h5.attrs["class_names"]]
+
+    @property
+    def provenance(self) -> dict:
+        return json.loads(self.h5.attrs.get("provenance", "{}"))
+
+    def set_provenance(self, record: dict) -> None:
+        self.h5.attrs["provenance"] = json.dumps(record, default=str)
+
+    def group_provenance(self, group: str) -> dict | None:
+        if group not in self.h5:
+            return None
+        text = self.h5[group].attrs.get("provenance")
+        return json.loads(text) if text is not None else None
+
+    def begin(self, groups: Iterable[str], command: str, parameters: dict, force: bool = False) -> None:
+        """Declare that ``command`` with ``parameters`` writes ``groups``.
+
+        A group already written with different parameters is an error (mixing the two would corrupt the
+        results) unless ``force`` is set, which deletes the group first.
+        """
+        for group in groups:
+            old = self.group_provenance(group)
+            record = {"command": command, "parameters": parameters}
+            norm = json.loads(json.dumps(parameters, default=str))
+            if old is not None and old.get("parameters") != norm:
+                if not force:
+                    diff = sorted(k for k in set(norm) | set(old.get("parameters", {}))
+                                  if norm.get(k) != old.get("parameters", {}).get(k))
+                    raise StoreError(
+                        f"{self.path}: /{group} was written by '{old.get('command')}' with other parameters "
+                        f"({', '.join(diff)} differ); use a new output file or --overwrite"
+                    )
+                del self.h5[group]
+            grp = self.h5.require_group(group)
+            grp.attrs["provenance"] = json.dumps(record, default=str)
+
+    # -- listing ---------------------------------------------------------------------------------------------
+    def groups(self) -> list[str]:
+        return sorted(k for k, v in self.h5.items() if isinstance(v, h5py.Group))
+
+    def kinds(self) -> list[str]:
+        """Map kinds present (groups other than masks/seeds)."""
+        return [g for g in self.groups() if g not in MASK_GROUPS]
+
+    def ids(self, group: str) -> list[str]:
+        if group not in self.h5:
+            return []
+        return sorted(n for n in self.h5[group] if not n.startswith(TMP_PREFIX))
+
+    def has(self, group: str, image_id: str) -> bool:
+        return group in self.h5 and image_id in self.h5[group]
+
+    # -- maps ------------------------------------------------------------------------------------------------
+    def read_maps(self, kind: str, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(maps float32 (K, H, W), keys int64 (K,))``."""
+        if not self.has(kind, image_id):
+            raise StoreError(f"{self.path}: no /{kind}/{image_id}")
+        ds = self.h5[kind][image_id]
+        return ds[()].astype(np.float32), np.asarray(ds.attrs["keys"], dtype=np.int64).reshape(-1)
+
+    def read_keys(self, kind: str, image_id: str) -> np.ndarray:
+        return np.asarray(self.h5[kind][image_id].attrs["keys"], dtype=np.int64).reshape(-1)
+
+    def map_shape(self, kind: str, image_id: str) -> tuple[int, ...]:
+        return tuple(self.h5[kind][image_id].shape)
+
+    def write_maps(self, kind: str, image_id: str, maps: np.ndarray, keys: Sequence[int],
+                   dtype: str = "float16", attrs: dict | None = None) -> None:
+        """Write (K, H, W) maps atomically (temporary name, then rename); replaces an existing entry."""
+        _check_id(image_id)
+        maps = np.asarray(maps)
+        keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+        if maps.ndim != 3 or maps.shape[0] != keys.size:
+            raise StoreError(f"/{kind}/{image_id}: maps of shape {maps.shape} do not match {keys.size} keys")
+        if dtype not in ("float16", "float32"):
+            raise StoreError(f"unknown map dtype {dtype!r}; valid: float16, float32")
+        chunks = (1, *maps.shape[1:]) if maps.size else None
+        self._write(kind, image_id, maps.astype(dtype, copy=False), chunks, {"keys": keys, **(attrs or {})},
+                    _compression_kwargs(self.compression))
+
+    # -- masks -----------------------------------------------------------------------------------------------
+    def read_mask(self, group: str, image_id: str) -> np.ndarray:
+        if not self.has(group, image_id):
+            raise StoreError(f"{self.path}: no /{group}/{image_id}")
+        return self.h5[group][image_id][()]
+
+    def write_mask(self, group: str, image_id: str, mask: np.ndarray, attrs: dict | None = None) -> None:
+        _check_id(image_id)
+        mask = np.asarray(mask)
+        if mask.ndim != 2:
+            raise StoreError(f"/{group}/{image_id}: a mask must be 2-D, got shape {mask.shape}")
+        self._write(group, image_id, mask.astype(np.uint8, copy=False), True, attrs or {}, MASK_COMPRESSION)
+
+    def _write(self, group: str, image_id: str, data: np.ndarray, chunks, attrs: dict, compression: dict) -> None:
+        if self.mode == "r":
+            raise StoreError(f"{self.path}: opened read-only")
+        grp = self.h5.require_group(group)
+        tmp = TMP_PREFIX + image_id
+        if tmp in grp:
+            del grp[tmp]
+        kwargs = compression if data.size else {}
+        ds = grp.create_dataset(tmp, data=data, chunks=chunks if kwargs else None, **kwargs)
+        for key, value in attrs.items():
+            ds.attrs[key] = value
+        if image_id in grp:
+            del grp[image_id]
+        grp.move(tmp, image_id)
