@@ -53,13 +53,6 @@ def test_config_file_errors_are_one_line(tmp_path):
     assert "not valid TOML" in run("--config", config, "fuse", "--help").output
 
 
-def test_format_choices_are_the_reader_registry():
-    from orand_addon.cli.common import FORMAT_CHOICES
-    from orand_addon.io.formats import CAM_FORMATS
-
-    assert FORMAT_CHOICES == ["auto", *CAM_FORMATS]
-
-
 def test_a_bug_is_one_line_unless_the_traceback_is_asked_for(tmp_path, monkeypatch, capsys):
     from orand_addon import cli as cli_module
     from orand_addon.fuse import stage as fuse_module

@@ -16,7 +16,7 @@ from orand_addon.cli import cli
 from orand_addon.errors import OrandError
 from orand_addon.io.images import load_image, load_label_png
 from orand_addon.segment.infer import dense_crf, load_segmenter, predict_probs
-from orand_addon.segment.stage import segment_images
+from orand_addon.segment.stage import SegmentConfig, segment_images
 from orand_addon.segment.train import SegTrainConfig, train_segmentation
 from orand_addon.store.store import Store
 from test_seg_data import tiny_voc
@@ -122,8 +122,9 @@ def test_dense_crf_sharpens_a_confident_labelling():
 
 def test_segment_with_crf_runs_end_to_end(trained, tmp_path):
     tiny, ckpt = trained
-    result = segment_images(ckpt, tiny["images"], tiny["ids"][:2], out=tmp_path / "crf", scales=(1.0,),
-                            flip=False, crf=True, show_progress=False)
+    result = segment_images(ckpt, tiny["images"], tiny["ids"][:2],
+                            SegmentConfig(out=tmp_path / "crf", scales=(1.0,), flip=False, crf=True,
+                                          show_progress=False))
     assert result["written"] == 2
     assert sorted(p.stem for p in (tmp_path / "crf").glob("*.png")) == sorted(tiny["ids"][:2])
 
@@ -149,7 +150,7 @@ def test_bad_inputs(trained, tmp_path):
     for r in (res,):
         assert len(r.output.strip().splitlines()) == 1 or "Usage" in r.output
     with pytest.raises(OrandError, match="segment: the id list is empty"):
-        segment_images(ckpt, tiny["images"], [], out=tmp_path / "o")
+        segment_images(ckpt, tiny["images"], [], SegmentConfig(out=tmp_path / "o"))
 
 
 @pytest.mark.parametrize("command", ["train-seg", "segment"])

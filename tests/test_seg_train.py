@@ -13,14 +13,12 @@ from click.testing import CliRunner
 
 from helpers import one_torch_thread  # noqa: F401 (fixture)
 from orand_addon.cli import cli
-from orand_addon.cli.seg import LOSS_NAMES, MODEL_NAMES
 from orand_addon.errors import Interrupted, OrandError
 from orand_addon.io.images import load_image, load_label_png
 from orand_addon.segment import train as train_module
 from orand_addon.segment.data import normalize
 from orand_addon.segment.infer import load_segmenter
-from orand_addon.segment.losses import LOSSES
-from orand_addon.segment.models import MODELS, build_model, param_groups
+from orand_addon.segment.models import build_model, param_groups
 from orand_addon.segment.train import SegTrainConfig, train_segmentation
 from test_seg_data import tiny_voc
 
@@ -40,11 +38,6 @@ def config(tiny, out, **kw) -> SegTrainConfig:
 def read_log(run) -> list[dict]:
     with open(run / "log.csv") as fh:
         return list(csv.DictReader(fh))
-
-
-def test_registries_match_the_cli_lists():
-    assert tuple(MODELS) == MODEL_NAMES
-    assert tuple(LOSSES) == LOSS_NAMES
 
 
 def test_deeplabv2_resnet101_is_the_wsss_standard():

@@ -8,14 +8,30 @@ from typing import Callable
 
 import click
 
+from ..registries import CAM_FORMATS, PRECISIONS
 from ..runtime.devices import DEVICE_HELP
 
-# the names of orand_addon.io.formats.CAM_FORMATS (kept literal so --help does not import numpy; a test checks it)
-FORMAT_CHOICES = ["auto", "irn", "amn", "orandnet", "mctformer", "crf-dict", "toco", "clip-es", "npz"]
+FORMAT_CHOICES = ["auto", *CAM_FORMATS]
 
 
 def device_option(f: Callable) -> Callable:
     return click.option("--device", default="auto", show_default=True, help=f"Where to compute: {DEVICE_HELP}.")(f)
+
+
+def precision_option(f: Callable) -> Callable:
+    return click.option("--precision", type=click.Choice(list(PRECISIONS)), default="auto", show_default=True,
+                        help="Autocast on a GPU (auto: bf16 where supported, else fp16); the CPU always computes "
+                             "in fp32.")(f)
+
+
+def dtype_option(f: Callable) -> Callable:
+    return click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+                        help="Storage type of the maps written to the store.")(f)
+
+
+def overwrite_option(what: str) -> Callable[[Callable], Callable]:
+    """``--overwrite``: replace ``what`` written earlier with other parameters."""
+    return click.option("--overwrite", is_flag=True, help=f"Replace {what} written earlier with other parameters.")
 
 
 def workers_option(f: Callable) -> Callable:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..runtime.devices import PRECISIONS
-from .common import command_line, device_option, progress_option
+from .common import command_line, device_option, dtype_option, overwrite_option, precision_option, progress_option
 
 
 @click.command(context_settings={"max_content_width": 110})
@@ -16,11 +15,9 @@ from .common import command_line, device_option, progress_option
 @click.option("--batch-size", type=click.IntRange(0, 4096), default=0, show_default=True,
               help="Class maps per forward pass (images of one size are batched together); 0: 16 on a GPU, 4 on CPU.")
 @click.option("--ids", type=click.Path(), default=None, help="Only these ids: a list file or train/train_aug/val.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="Autocast on a GPU (auto: bf16); the CPU always computes in fp32.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-              help="Storage type of the written maps.")
-@click.option("--overwrite", is_flag=True, help="Replace an orandnet kind written earlier from another checkpoint.")
+@precision_option
+@dtype_option
+@overwrite_option("an orandnet kind")
 @device_option
 @progress_option
 def predict(store_path: str, checkpoint: str, ids: str | None, **kw) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import click
 
-from ..runtime.devices import PRECISIONS
-from .common import command_line, device_option, echo_lines, progress_option, seed_option
+from .common import (command_line, device_option, dtype_option, echo_lines, precision_option, progress_option,
+                     seed_option)
 
 
 def _seed_opts(f):
@@ -37,8 +37,7 @@ def _train_opts(f):
         click.option("--dp-lr", type=float, default=1.0, show_default=True, help="Displacement-head learning rate."),
         click.option("--backbone-lr", type=float, default=None, help="Trainable backbone learning rate (default: --lr)."),
         click.option("--weight-decay", type=float, default=1e-4, show_default=True),
-        click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-                     help="auto: bf16 autocast on GPU, fp32 on CPU."),
+        precision_option,
         click.option("--checkpoint-every", type=click.IntRange(1, None), default=100, show_default=True,
                      help="Save RUN_DIR/irn_last.pt every N steps."),
         click.option("--resume/--no-resume", default=True, show_default=True,
@@ -62,8 +61,7 @@ def _walk_opts(f):
                      help="Constant background score of the masks."),
         click.option("--cam-power", type=float, default=1.0, show_default=True,
                      help="Raise the stride-4 maps to this power before the walk (AMN: 1.3)."),
-        click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
-                     help="Storage type of the rw maps."),
+        dtype_option,
     ]):
         f = decorator(f)
     return f
@@ -119,7 +117,7 @@ def refine(**kw) -> None:
     """
     from ..classes import get_class_set, read_id_list
     from ..runtime.distributed import dist_info
-    from ..refine.pipeline import refine as run_refine
+    from ..refine.pipeline import RefineConfig, refine as run_refine
     from ..refine.seeds import CrfParams, SeedOptions
     from ..refine.train import TrainOptions
     from ..refine.walk_stage import WalkOptions
@@ -131,11 +129,12 @@ def refine(**kw) -> None:
         pretrained=kw["pretrained"], max_steps=kw["max_steps"], seed=kw["seed"])
     walk_options = WalkOptions(beta=kw["beta"], exp_times=kw["exp_times"], radius=kw["radius"],
                                bg_thres=kw["sem_seg_bg_thres"], cam_power=kw["cam_power"], dtype=kw["dtype"])
-    report = run_refine(
-        kw["store"], kw["kind"], kw["images"], kw["steps"], run_dir=kw["run_dir"], seeds_png=kw["seeds_png"],
-        ids=read_id_list(kw["ids"]) if kw["ids"] else None, seed_options=seed_options, train_options=train_options,
-        walk_options=walk_options, checkpoint=kw["checkpoint"], workers=kw["workers"], device=kw["device"],
-        precision=kw["precision"], resume=kw["resume"], checkpoint_every=kw["checkpoint_every"],
-        overwrite=kw["overwrite"], progress=kw["progress"], command=command_line(), dist=dist_info(),
-        class_names=list(get_class_set(kw["class_spec"]).names) if kw["class_spec"] else None)
+    config = RefineConfig(
+        steps=kw["steps"], run_dir=kw["run_dir"], seeds_png=kw["seeds_png"],
+        ids=tuple(read_id_list(kw["ids"])) if kw["ids"] else None, seed_options=seed_options,
+        train_options=train_options, walk_options=walk_options, checkpoint=kw["checkpoint"], workers=kw["workers"],
+        device=kw["device"], precision=kw["precision"], resume=kw["resume"], checkpoint_every=kw["checkpoint_every"],
+        overwrite=kw["overwrite"], progress=kw["progress"],
+        class_names=tuple(get_class_set(kw["class_spec"]).names) if kw["class_spec"] else None)
+    report = run_refine(kw["store"], kw["kind"], kw["images"], config, command=command_line(), dist=dist_info())
     echo_lines(report.lines())

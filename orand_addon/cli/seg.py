@@ -7,15 +7,10 @@ import json
 
 import click
 
+from ..registries import SEG_LOSSES, SEG_MODELS
 from ..runtime.distributed import DistInfo
-from ..runtime.devices import PRECISIONS
-from .common import command_line, device_option, echo_lines, progress_option, seed_option, workers_option
-
-# Kept in sync with orand_addon.segment.models.MODELS and seg.losses.LOSSES (a test checks it); listed here so that
-# --help does not import torch.
-MODEL_NAMES = ("deeplabv2-resnet101", "deeplabv2-resnet50", "deeplabv2-resnet34", "deeplabv2-resnet18",
-               "deeplabv2-resnet18-os16", "deeplabv3-resnet101", "deeplabv3-resnet50")
-LOSS_NAMES = ("ce", "balanced-ls-ce")
+from .common import (command_line, device_option, echo_lines, precision_option, progress_option, seed_option,
+                     workers_option)
 
 
 def parse_floats(text: str, option: str, count: int | None = None) -> tuple[float, ...]:
@@ -34,11 +29,6 @@ def parse_floats(text: str, option: str, count: int | None = None) -> tuple[floa
     return values
 
 
-def _precision_option(f):
-    return click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-                        help="auto: bf16 autocast on a GPU, fp32 on the CPU.")(f)
-
-
 @click.command(name="train-seg", context_settings={"max_content_width": 110})
 @click.option("--images", type=click.Path(file_okay=False), required=True, help="Image folder (<id>.jpg/.png).")
 @click.option("--masks", required=True,
@@ -48,7 +38,7 @@ def _precision_option(f):
 @click.option("--val-list", default=None, help="Validation ids for a per-epoch mIoU (needs --gt).")
 @click.option("--gt", type=click.Path(file_okay=False), default=None, help="Ground-truth label PNGs for --val-list.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (checkpoints, logs).")
-@click.option("--model", default="deeplabv2-resnet101", show_default=True, help=f"One of: {', '.join(MODEL_NAMES)}.")
+@click.option("--model", default="deeplabv2-resnet101", show_default=True, help=f"One of: {', '.join(SEG_MODELS)}.")
 @click.option("--scale-schedule", default="8:2,4:2,2:2", show_default=True,
               help="factor:epochs phases in order, then full size (8:2,4:2,2:2 = epochs 1-2 at 1/8, 3-4 at 1/4, "
                    "5-6 at 1/2); factor@end spells end epochs (8@2,4@4,2@6 is the same); none: off.")
@@ -65,7 +55,7 @@ def _precision_option(f):
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
 @click.option("--power", type=float, default=0.9, show_default=True, help="Poly learning-rate decay power.")
 @click.option("--loss", default="ce", show_default=True,
-              help=f"One of: {', '.join(LOSS_NAMES)} (label-smoothed class-balanced CE).")
+              help=f"One of: {', '.join(SEG_LOSSES)} (label-smoothed class-balanced CE).")
 @click.option("--smoothing", type=float, default=0.1, show_default=True, help="Label smoothing of balanced-ls-ce.")
 @click.option("--pretrained", default="imagenet", show_default=True,
               help="Backbone weights: imagenet (offline torch hub cache), a file, or none (from scratch).")
@@ -75,7 +65,7 @@ def _precision_option(f):
               help="Class set for PNG masks: voc (default), coco, or a names file. A store brings its own.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where it stopped.")
 @device_option
-@_precision_option
+@precision_option
 @workers_option
 @seed_option
 @progress_option
@@ -122,7 +112,7 @@ def train_seg(**kw) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the scores as JSON.")
 @click.option("--overwrite", is_flag=True, help="Recompute masks already written (other parameters too).")
 @device_option
-@_precision_option
+@precision_option
 @progress_option
 def segment(**kw) -> None:
     """Segment images with a trained DeepLab: multi-scale + flip, optional CRF; score against --gt.
@@ -145,18 +135,17 @@ def segment(**kw) -> None:
     """
     from ..classes import read_id_list
     from ..runtime.distributed import dist_info
-    from ..segment.stage import segment_images
+    from ..segment.stage import SegmentConfig, segment_images
 
     store, group = kw["store"], "seg"
     if store and ":" in store.rsplit("/", 1)[-1]:
         store, group = store.rsplit(":", 1)
     dist = dist_info()
-    result = segment_images(
-        kw["checkpoint"], kw["images"], read_id_list(kw["ids"]), out=kw["out"], store=store, group=group,
-        scales=parse_floats(kw["scales"], "--scales"), flip=kw["flip"], crf=kw["crf"], gt=kw["gt"],
-        device=kw["device"], precision=kw["precision"], overwrite=kw["overwrite"], show_progress=kw["progress"],
-        command=command_line(), dist=dist,
-    )
+    config = SegmentConfig(out=kw["out"], store=store, group=group, scales=parse_floats(kw["scales"], "--scales"),
+                           flip=kw["flip"], crf=kw["crf"], gt=kw["gt"], device=kw["device"],
+                           precision=kw["precision"], overwrite=kw["overwrite"], show_progress=kw["progress"])
+    result = segment_images(kw["checkpoint"], kw["images"], read_id_list(kw["ids"]), config, command=command_line(),
+                            dist=dist)
     echo_lines(summary_lines(result, dist, store))
     if kw["json_path"] and dist.is_main:
         with open(kw["json_path"], "w") as fh:

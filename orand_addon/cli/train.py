@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ..runtime.devices import PRECISIONS
-from .common import device_option, progress_option, seed_option, workers_option
+from ..registries import ORANDNET_ARCHS, ORANDNET_LOSSES, help_text
+from .common import device_option, precision_option, progress_option, seed_option, workers_option
 
-LOSS_NAMES = ["official", "bg-softmax", "bce"]  # orand_addon.orandnet.losses.LOSSES (kept import-free for --help)
-ARCH_NAMES = ["fcn8s", "fcn8s-same"]  # orand_addon.orandnet.model.ARCHS
 
 
 @click.command(context_settings={"max_content_width": 110})
@@ -24,9 +22,8 @@ ARCH_NAMES = ["fcn8s", "fcn8s-same"]  # orand_addon.orandnet.model.ARCHS
 @click.option("--pretrained", default="imagenet", show_default=True,
               help="imagenet (torchvision's vgg16-397923af.pth from $TORCH_HOME/hub/checkpoints, offline), a "
                    "weights file (VGG16 or ORANDNet), or none.")
-@click.option("--loss", type=click.Choice(LOSS_NAMES), default="official", show_default=True,
-              help="official: soft cross-entropy across the image's classes (single-class images give zero loss); "
-                   "bg-softmax: the same with a background logit fixed at 0 (target 1 - max AND); bce: per-map BCE.")
+@click.option("--loss", type=click.Choice(list(ORANDNET_LOSSES)), default="official", show_default=True,
+              help=help_text(ORANDNET_LOSSES) + ".")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Base learning rate (poly decay).")
 @click.option("--momentum", type=float, default=0.9, show_default=True,
               help="SGD momentum (the official code effectively used 1e-4).")
@@ -38,12 +35,11 @@ ARCH_NAMES = ["fcn8s", "fcn8s-same"]  # orand_addon.orandnet.model.ARCHS
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR/last.pt exactly (same options required).")
 @click.option("--ids", type=click.Path(), default=None,
               help="Train only on these ids: a list file or train/train_aug/val (bundled VOC lists).")
-@click.option("--arch", type=click.Choice(ARCH_NAMES), default="fcn8s", show_default=True,
-              help="fcn8s: classic FCN-8s (pad 100, as the paper); fcn8s-same: pad to a multiple of 32, ~2x faster.")
+@click.option("--arch", type=click.Choice(list(ORANDNET_ARCHS)), default="fcn8s", show_default=True,
+              help=help_text(ORANDNET_ARCHS) + ".")
 @click.option("--width-div", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Divide every VGG16 channel count by N (tiny smoke-test models; ImageNet weights need 1).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="Autocast on a GPU (auto: bf16); the CPU always computes in fp32.")
+@precision_option
 @device_option
 @workers_option
 @seed_option

@@ -102,13 +102,14 @@ def _orandnet_stage(run: DemoRun, plan: DemoPlan, info) -> None:
 
 def _irn_stage(run: DemoRun, plan: DemoPlan, info) -> None:
     from ..refine import TrainOptions
-    from ..refine.pipeline import refine
+    from ..refine.pipeline import RefineConfig, refine
 
     crop = min(info.image_size)
     options = TrainOptions(crop_size=crop, batch_size=plan.irn_batch, epochs=plan.irn_epochs, radius=plan.irn_radius,
                            backbone="trainable", pretrained="none", seed=run.seed)
-    report = refine(run.store, "orandnet", info.images, run_dir=run.out / "runs" / "irn", train_options=options,
-                    device=run.device, progress=run.progress, command="orand-addon demo")
+    report = refine(run.store, "orandnet", info.images,
+                    RefineConfig(run_dir=run.out / "runs" / "irn", train_options=options, device=run.device,
+                                 progress=run.progress), command="orand-addon demo")
     for note in report.notes:
         run.echo(f"    note: {note}")
 
@@ -162,7 +163,7 @@ def _write_report(run: DemoRun, info) -> None:
 
 
 def _deeplab_stage(run: DemoRun, plan: DemoPlan, info) -> None:
-    from ..segment import SegTrainConfig, segment_images, train_segmentation
+    from ..segment import SegmentConfig, SegTrainConfig, segment_images, train_segmentation
 
     run.seg_rows = []
     for label, schedule in (("DeepLab, no scale schedule", "none"), (f"DeepLab, scale schedule {plan.seg_schedule}",
@@ -179,8 +180,9 @@ def _deeplab_stage(run: DemoRun, plan: DemoPlan, info) -> None:
         if not model.is_file():
             model = train_segmentation(config)
         seconds = time.perf_counter() - start
-        scores = segment_images(model, info.images, list(info.val_ids), out=out / "val_masks", gt=info.masks,
-                                scales=(1.0,), flip=True, device=run.device, show_progress=run.progress)
+        scores = segment_images(model, info.images, list(info.val_ids),
+                                SegmentConfig(out=out / "val_masks", gt=info.masks, scales=(1.0,), flip=True,
+                                              device=run.device, show_progress=run.progress))
         run.seg_rows.append({"row": label, "mIoU": 100 * scores["miou"],
                              "precision": 100 * scores.get("mean_precision", float("nan")),
                              "recall": 100 * scores.get("mean_recall", float("nan")), "train_s": round(seconds, 1)})

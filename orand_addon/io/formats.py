@@ -28,6 +28,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import FormatError
+from ..registries import CAM_FORMATS as HELP
+from ..registries import implementations
 
 
 @dataclass
@@ -173,26 +175,26 @@ def _match_toco(o: Any) -> bool:
     return _has(o, "keys", "high_res") and "cam" not in o and _channels(o, "high_res") == _nkeys(o)
 
 
-CAM_FORMATS: dict[str, CamFormat] = {
-    "irn": CamFormat("irn", "IRN make_cam: keys, cam (stride 4, torch), high_res (numpy)", _match_irn,
+CAM_FORMATS: dict[str, CamFormat] = implementations(HELP, {
+    "irn": CamFormat("irn", HELP["irn"], _match_irn,
                      lambda o, s: _keyed_record(o, s, "high_res", background=False)),
-    "amn": CamFormat("amn", "AMN make_cam: as irn with a background channel 0", _match_amn,
+    "amn": CamFormat("amn", HELP["amn"], _match_amn,
                      lambda o, s: _keyed_record(o, s, "high_res", background=True)),
-    "orandnet": CamFormat("orandnet", "official ORANDNet output: keys, cam (numpy), high_res", _match_orandnet,
+    "orandnet": CamFormat("orandnet", HELP["orandnet"], _match_orandnet,
                           lambda o, s: _keyed_record(o, s, "high_res", background=False)),
-    "mctformer": CamFormat("mctformer", "{class: (H, W)} with 0-based class keys (MCTformer, WeakTr, SEAM, PSA)",
+    "mctformer": CamFormat("mctformer", HELP["mctformer"],
                            _is_int_keyed, lambda o, s: _int_keyed_record(o, s, background_key=False)),
-    "crf-dict": CamFormat("crf-dict", "{k: (H, W)} with key 0 background and k = class + 1 (PSA/SEAM CRF dumps)",
+    "crf-dict": CamFormat("crf-dict", HELP["crf-dict"],
                           lambda o: _is_int_keyed(o) and 0 in {int(k) for k in o},
                           lambda o, s: _int_keyed_record(o, s, background_key=True)),
-    "toco": CamFormat("toco", "ToCo: keys (numpy), high_res only", _match_toco,
+    "toco": CamFormat("toco", HELP["toco"], _match_toco,
                       lambda o, s: _keyed_record(o, s, "high_res", background=False)),
-    "clip-es": CamFormat("clip-es", "CLIP-ES: keys, attn_highres (float16)", lambda o: _has(o, "keys", "attn_highres"),
+    "clip-es": CamFormat("clip-es", HELP["clip-es"], lambda o: _has(o, "keys", "attn_highres"),
                          lambda o, s: _keyed_record(o, s, "attn_highres", background=False)),
-    "npz": CamFormat("npz", "np.savez with arrays keys and high_res (and/or cam); no pickle",
+    "npz": CamFormat("npz", HELP["npz"],
                      lambda o: False,  # chosen by the .npz extension, never by structure
                      lambda o, s: _keyed_record(o, s, "high_res", background=False)),
-}
+})
 
 
 def get_format(name: str) -> CamFormat:

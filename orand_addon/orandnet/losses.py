@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..errors import OrandError
+from ..registries import ORANDNET_LOSSES, check_choice, implementations
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -65,11 +65,11 @@ def bce_loss(logits: torch.Tensor, and_maps: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits.float(), and_maps.float().clamp(0, 1))
 
 
-LOSSES: dict[str, LossFn] = {
+LOSSES: dict[str, LossFn] = implementations(ORANDNET_LOSSES, {
     "official": official_loss,
     "bg-softmax": bg_softmax_loss,
     "bce": bce_loss,
-}
+})
 DEFAULT_LOSS = "official"
 
 # how the scores of a model trained with each loss become maps (before the per-map max normalisation)
@@ -95,6 +95,4 @@ def get_loss(name: str) -> LossFn:
     ...
     orand_addon.errors.OrandError: unknown loss 'dice'; valid: official, bg-softmax, bce
     """
-    if name not in LOSSES:
-        raise OrandError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
-    return LOSSES[name]
+    return LOSSES[check_choice(ORANDNET_LOSSES, name, "loss")]

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import OrandError
+from ..registries import ORANDNET_ARCHS, check_choice, implementations
 
 CHECKPOINT_FORMAT = "orand-addon/orandnet"
 VGG16_CHANNELS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -47,10 +48,10 @@ class Geometry:
     multiple: int  # zero-pad the input to a multiple of this first (1: no padding)
 
 
-ARCHS: dict[str, Geometry] = {
+ARCHS: dict[str, Geometry] = implementations(ORANDNET_ARCHS, {
     "fcn8s": Geometry(conv1_pad=100, fc6_pad=0, up_pads=(0, 0, 0), crops=(5, 9, 31), multiple=1),
     "fcn8s-same": Geometry(conv1_pad=1, fc6_pad=3, up_pads=(1, 1, 4), crops=(0, 0, 0), multiple=32),
-}
+})
 
 
 def get_geometry(arch: str) -> Geometry:
@@ -63,9 +64,7 @@ def get_geometry(arch: str) -> Geometry:
     ...
     orand_addon.errors.OrandError: unknown ORANDNet arch 'unet'; valid: fcn8s, fcn8s-same
     """
-    if arch not in ARCHS:
-        raise OrandError(f"unknown ORANDNet arch {arch!r}; valid: {', '.join(ARCHS)}")
-    return ARCHS[arch]
+    return ARCHS[check_choice(ORANDNET_ARCHS, arch, "ORANDNet arch")]
 
 
 def bilinear_kernel(size: int) -> torch.Tensor:

@@ -88,46 +88,67 @@ class RefineReport:
         return out + self.notes
 
 
-def refine(store: str | Path, kind: str, images: str | Path, steps: str | Sequence[str] = STEPS,
-           run_dir: str | Path | None = None, seeds_png: str | Path | None = None, ids: Sequence[str] | None = None,
-           seed_options: SeedOptions = SeedOptions(), train_options: TrainOptions = TrainOptions(),
-           walk_options: WalkOptions = WalkOptions(), checkpoint: str | Path | None = None,
-           workers: int | None = None, device: str = "auto", precision: str = "auto", resume: bool = True,
-           checkpoint_every: int = 100, overwrite: bool = False, progress: bool = True,
-           command: str = "orand-addon refine", dist: DistInfo = DistInfo(),
-           class_names: Sequence[str] | None = None) -> RefineReport:
-    """Run the IRN steps on ``store``: ``/seeds`` from the ``kind`` maps (or ``seeds_png``), IRN weights in
-    ``run_dir`` (default :func:`default_run_dir`), then kind ``rw`` and ``/masks``.
+@dataclass(frozen=True)
+class RefineConfig:
+    """Everything ``refine`` takes besides the store, the kind and the images (the CLI's options).
 
-    ``workers``: CRF processes for the seeds (default every CPU core) and data-loader workers for training
-    (default min(4, cores)); under torchrun the cores are shared by the ranks of a machine. ``checkpoint``: IRN
-    weights for the walk (default ``RUN_DIR/irn.pt``). ``dist``: this rank under torchrun (see the module
-    docstring). ``class_names``: the classes of a store that ``seeds_png`` creates (VOC when None), which an
-    existing store must have.
+    ``steps``: any of seeds, train, walk. ``run_dir``: where the IRN weights go (default :func:`default_run_dir`).
+    ``seeds_png``: take the seeds from label PNGs instead of computing them. ``checkpoint``: IRN weights for the walk
+    (default ``RUN_DIR/irn.pt``). ``workers``: CRF processes for the seeds (default every CPU core) and data-loader
+    workers for training (default min(4, cores)); under torchrun the cores are shared by the ranks of a machine.
+    ``class_names``: the classes of a store that ``seeds_png`` creates (VOC when None), which an existing store must
+    have. ``resume``: continue ``RUN_DIR/irn_last.pt`` (and skip a finished ``irn.pt``) when the settings match.
     """
+
+    steps: str | tuple[str, ...] = STEPS
+    run_dir: str | Path | None = None
+    seeds_png: str | Path | None = None
+    ids: tuple[str, ...] | None = None
+    seed_options: SeedOptions = SeedOptions()
+    train_options: TrainOptions = TrainOptions()
+    walk_options: WalkOptions = WalkOptions()
+    checkpoint: str | Path | None = None
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    resume: bool = True
+    checkpoint_every: int = 100
+    overwrite: bool = False
+    progress: bool = True
+    class_names: tuple[str, ...] | None = None
+
+
+def refine(store: str | Path, kind: str, images: str | Path, config: RefineConfig = RefineConfig(),
+           command: str = "orand-addon refine", dist: DistInfo = DistInfo()) -> RefineReport:
+    """Run the IRN steps on ``store``: ``/seeds`` from the ``kind`` maps (or ``config.seeds_png``), IRN weights in
+    ``config.run_dir``, then kind ``rw`` and ``/masks``. ``dist``: this rank under torchrun (see the module
+    docstring)."""
     from ..runtime.workers import cpu_share
 
-    chosen = parse_steps(steps)
+    c = config
+    chosen = parse_steps(c.steps)
     check_steps_for(chosen, dist)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(store)
-    if not Path(store).is_file() and not ("seeds" in chosen and seeds_png is not None):
+    run_dir = Path(c.run_dir) if c.run_dir is not None else default_run_dir(store)
+    ids = list(c.ids) if c.ids is not None else None
+    if not Path(store).is_file() and not ("seeds" in chosen and c.seeds_png is not None):
         raise OrandError(f"{store}: store not found")
     report = RefineReport(dist=dist, store=Path(store))
     if "seeds" in chosen:
-        if seeds_png is not None:
-            report.seeds = import_seed_pngs(store, seeds_png, images, ids, overwrite=overwrite, progress=progress,
-                                            command=command, dist=dist, class_names=class_names)
+        if c.seeds_png is not None:
+            report.seeds = import_seed_pngs(store, c.seeds_png, images, ids, overwrite=c.overwrite,
+                                            progress=c.progress, command=command, dist=dist,
+                                            class_names=c.class_names)
         else:
-            report.seeds = make_seeds(store, kind, images, ids, seed_options, workers, overwrite=overwrite,
-                                      progress=progress, command=command, dist=dist, class_names=class_names)
+            report.seeds = make_seeds(store, kind, images, ids, c.seed_options, c.workers, overwrite=c.overwrite,
+                                      progress=c.progress, command=command, dist=dist, class_names=c.class_names)
     if "train" in chosen:
-        loader_workers = min(4, cpu_share()) if workers is None else workers
-        report.train = train_irn(store, images, run_dir, ids, train_options, device, precision, loader_workers,
-                                 checkpoint_every, resume, progress, dist)
+        loader_workers = min(4, cpu_share()) if c.workers is None else c.workers
+        report.train = train_irn(store, images, run_dir, ids, c.train_options, c.device, c.precision,
+                                 loader_workers, c.checkpoint_every, c.resume, c.progress, dist)
     if "walk" in chosen:
-        weights = Path(checkpoint) if checkpoint is not None else run_dir / FINAL
+        weights = Path(c.checkpoint) if c.checkpoint is not None else run_dir / FINAL
         if not weights.is_file():
             raise OrandError(f"{weights}: no IRN weights; run the train step first (--steps train) or pass --checkpoint")
-        report.walk = run_walk(store, kind, images, weights, ids, walk_options, device, precision, overwrite,
-                               progress, command, dist, class_names)
+        report.walk = run_walk(store, kind, images, weights, ids, c.walk_options, c.device, c.precision,
+                               c.overwrite, c.progress, command, dist, c.class_names)
     return report

@@ -33,9 +33,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..registries import WALK_METHODS as _METHODS
 from .paths import path_max, path_table
 
-WALK_METHODS = ("auto", "stencil", "gather", "csr")
+WALK_METHODS = tuple(_METHODS)
 
 
 def walk_weights(edge, radius: int = 5, beta: float = 10.0):

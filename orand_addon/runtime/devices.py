@@ -7,6 +7,7 @@ import contextlib
 from typing import TYPE_CHECKING, Iterator
 
 from ..errors import OrandError
+from ..registries import PRECISIONS as _PRECISIONS
 
 if TYPE_CHECKING:  # torch is imported inside the functions: ``--help`` stays fast
 
@@ -16,7 +17,7 @@ if TYPE_CHECKING:  # torch is imported inside the functions: ``--help`` stays fa
 DEVICE_HELP = "auto (GPU when there is one), cpu, cuda or cuda:N"
 
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISIONS = tuple(_PRECISIONS)
 
 
 def resolve_device(spec: str = "auto"):

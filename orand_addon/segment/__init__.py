@@ -13,6 +13,7 @@ _EXPORTS: dict[str, str] = {
     "SegTrainConfig": "train",
     "train_segmentation": "train",
     "segment_images": "stage",
+    "SegmentConfig": "stage",
     "load_segmenter": "infer",
     "build_model": "models",
     "MODELS": "models",

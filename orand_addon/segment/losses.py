@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import OrandError
+from ..registries import SEG_LOSSES, check_choice, implementations
 
 IGNORE = 255
 MAX_WEIGHT = 10.0
@@ -102,15 +103,13 @@ def _balanced(num_classes: int, counts: Sequence[int] | None, smoothing: float) 
     return BalancedSmoothedCE(weights, smoothing)
 
 
-LOSSES: dict[str, Callable[[int, Sequence[int] | None, float], nn.Module]] = {
+LOSSES: dict[str, Callable[[int, Sequence[int] | None, float], nn.Module]] = implementations(SEG_LOSSES, {
     "ce": _ce,
     "balanced-ls-ce": _balanced,
-}
+})
 
 
 def build_loss(name: str, num_classes: int, class_counts: Sequence[int] | None = None,
                smoothing: float = 0.1) -> nn.Module:
     """The loss ``name``; ``class_counts`` (pixels per class in the training masks) feed the class balancing."""
-    if name not in LOSSES:
-        raise OrandError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
-    return LOSSES[name](num_classes, class_counts, smoothing)
+    return LOSSES[check_choice(SEG_LOSSES, name, "loss")](num_classes, class_counts, smoothing)

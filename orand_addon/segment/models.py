@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import OrandError
+from ..registries import SEG_MODELS, check_choice, implementations
 
 ASPP_DILATIONS = (6, 12, 18, 24)
 BN_MODES = ("auto", "frozen", "train")
@@ -148,7 +149,7 @@ class ModelSpec:
     description: str
 
 
-MODELS: dict[str, ModelSpec] = {
+MODELS: dict[str, ModelSpec] = implementations(SEG_MODELS, {
     "deeplabv2-resnet101": ModelSpec(_deeplabv2("resnet101"), "resnet101",
                                      "DeepLab-v2, ASPP 6/12/18/24, OS 8 (WSSS standard)"),
     "deeplabv2-resnet50": ModelSpec(_deeplabv2("resnet50"), "resnet50", "DeepLab-v2 on ResNet-50, OS 8"),
@@ -158,7 +159,7 @@ MODELS: dict[str, ModelSpec] = {
                                          "lightest: ResNet-18 at OS 16, ASPP 3/6/9/12 (CPU demo, ~2.5x cheaper)"),
     "deeplabv3-resnet101": ModelSpec(_deeplabv3("resnet101"), "resnet101", "torchvision DeepLabV3, OS 8"),
     "deeplabv3-resnet50": ModelSpec(_deeplabv3("resnet50"), "resnet50", "torchvision DeepLabV3, OS 8"),
-}
+})
 
 
 def _load_backbone(backbone: nn.Module, arch: str, spec: str) -> None:
@@ -190,8 +191,7 @@ def build_model(name: str, num_classes: int, pretrained: str = "none", bn: str =
     >>> net(torch.zeros(1, 3, 40, 48)).shape, net.frozen_bn
     (torch.Size([1, 3, 40, 48]), False)
     """
-    if name not in MODELS:
-        raise OrandError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+    check_choice(SEG_MODELS, name, "model")
     if bn not in BN_MODES:
         raise OrandError(f"unknown batch-norm mode {bn!r}; valid: {', '.join(BN_MODES)}")
     spec = MODELS[name]

@@ -15,6 +15,7 @@ group (:func:`~.infer.score_group`), so rank 0 reports the scores of all ids, as
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -151,12 +152,32 @@ class SegmentStage(Stage):
         return load_label_png(self.out / f"{image_id}.png")
 
 
-def segment_images(checkpoint: str | Path, images: str | Path, ids: Sequence[str], out: str | Path | None = None,
-                   store: str | Path | None = None, group: str = "seg", scales: Sequence[float] = DEFAULT_SCALES,
-                   flip: bool = True, crf: bool = False, gt: str | Path | None = None, device: str = "auto",
-                   precision: str = "auto", overwrite: bool = False, show_progress: bool = True,
-                   command: str = "segment", dist: DistInfo = DistInfo()) -> dict:
-    """Segment ``ids``: PNG masks into ``out`` and/or ``/<group>/<id>`` of ``store``; score against ``gt``.
+@dataclass(frozen=True)
+class SegmentConfig:
+    """Everything ``segment`` takes besides the checkpoint, the images and the ids (the CLI's options).
+
+    ``out``: a folder of PNG masks; ``store``: ``/<group>/<id>`` of an HDF5 store (at least one of them);
+    ``scales``/``flip``/``crf``: the inference; ``gt``: ground-truth PNGs to score every id against.
+    """
+
+    out: str | Path | None = None
+    store: str | Path | None = None
+    group: str = "seg"
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    flip: bool = True
+    crf: bool = False
+    gt: str | Path | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    overwrite: bool = False
+    show_progress: bool = True
+
+
+def segment_images(checkpoint: str | Path, images: str | Path, ids: Sequence[str],
+                   config: SegmentConfig = SegmentConfig(), command: str = "orand-addon segment",
+                   dist: DistInfo = DistInfo()) -> dict:
+    """Segment ``ids``: PNG masks into ``config.out`` and/or ``/<group>/<id>`` of ``config.store``; score against
+    ``config.gt``.
 
     Ids already written are skipped (an interrupted run resumes) but still scored. Returns a dict with
     ``written``, ``skipped``, and with ``gt`` also ``miou``, ``mean_precision``, ``mean_recall`` and ``iou`` (class
@@ -164,20 +185,21 @@ def segment_images(checkpoint: str | Path, images: str | Path, ids: Sequence[str
     its shard of ``store`` (``written``/``skipped`` count its images, ``store`` names its shard,
     ``rank``/``world_size`` are added); with ``gt`` the scores are those of all ``ids``.
     """
-    if out is None and store is None:
+    c = config
+    if c.out is None and c.store is None:
         raise OrandError("segment: give --out DIR (PNG masks) and/or --store STORE.h5")
     if not ids:
         raise OrandError("segment: the id list is empty")
-    if gt is not None:
+    if c.gt is not None:
         check_can_sum_scores(dist)
-    out = Path(out) if out is not None else None
-    store = Path(store) if store is not None else None
-    stage = SegmentStage(checkpoint, images, ids, out, group if store is not None else None, scales, flip, crf, gt,
-                         pick_device(device, dist), precision, overwrite, command)
-    report = run_stage(stage, store, RunOptions(overwrite=overwrite, progress=show_progress, dist=dist))
+    out = Path(c.out) if c.out is not None else None
+    store = Path(c.store) if c.store is not None else None
+    stage = SegmentStage(checkpoint, images, ids, out, c.group if store is not None else None, c.scales, c.flip,
+                         c.crf, c.gt, pick_device(c.device, dist), c.precision, c.overwrite, command)
+    report = run_stage(stage, store, RunOptions(overwrite=c.overwrite, progress=c.show_progress, dist=dist))
     written_to = shard_path(store, dist.rank, dist.world_size) if store is not None and dist.enabled else store
     result: dict = {"written": report.written, "skipped": report.skipped_existing, "out": str(out) if out else None,
-                    "store": f"{written_to}:{group}" if store else None}
+                    "store": f"{written_to}:{c.group}" if store else None}
     if dist.enabled:
         result.update(rank=dist.rank, world_size=dist.world_size)
     result.update({k: report.extra[k] for k in ("miou", "mean_precision", "mean_recall", "iou") if k in report.extra})

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import OrandError
-from .runtime.files import load_checkpoint
+from ..errors import OrandError
+from ..runtime.files import load_checkpoint
 
 # torchvision weight files (basename of the official URL) per architecture, preferred first.
 TORCHVISION_FILES: dict[str, tuple[str, ...]] = {
