@@ -14,7 +14,9 @@ A stage (fuse, predict, seeds, walk, segment) is a short subclass of :class:`Sta
 * **resume**: ids already in every group of the store (written with the same parameters) are skipped;
 * **durability** (:mod:`orand_addon.store.journal`): results go into sealed part files, merged into the store at
   the end (a crash, SIGKILL or a full disk loses at most the images since the last seal; the next run repairs a
-  damaged store, drops unfinished parts and merges the finished ones before it starts);
+  damaged store, drops unfinished parts and merges the finished ones before it starts); every write of the store
+  itself (the merge, the run's record, deleting stale groups) goes through its journal (:mod:`orand_addon.store.wal`),
+  so an interrupted one leaves the store at its last commit, and the next run finishes or rolls it back first;
 * **workers**: ``workers`` > 1 computes units in worker processes (forkserver, never fork) that write their own
   parts; a worker that dies ends the run with one line (exit 2), Ctrl-C stops all of them (exit 130), and the
   rerun resumes;
@@ -43,8 +45,8 @@ from ..runtime.memory import release_memory
 from ..runtime.workers import process_executor
 from ..runtime.progress import progress
 from ..runtime.provenance import normalize, parameter_diff
-from ..store.journal import (SEAL_EVERY, GroupRecord, PartWriter, discard_open_parts, merge_parts, sealed_parts,
-                             writing)
+from ..store.journal import (SEAL_EVERY, GroupRecord, PartWriter, discard_open_parts, merge_parts, os_reason,
+                             sealed_parts, writing)
 from ..store.shards import finish_shard, open_shard, start_shard
 from ..store.store import Store
 
@@ -291,9 +293,13 @@ def _prepare(stage: Stage, store_path: Path, options: RunOptions) -> _Plan:
         if source is not None:
             source.close()
     if stale and not options.dist.enabled:
-        with Store(store_path, mode="a") as store:
-            for group, _, _ in stale:
-                del store.h5[group]
+        try:
+            with Store(store_path, mode="a", journal=True) as store:
+                for group, _, _ in stale:
+                    store.delete_group(group)
+        except (OSError, RuntimeError) as exc:
+            raise StoreError(f"{store_path}: deleting the groups written with other parameters failed "
+                             f"({os_reason(exc)}); the store is left as it was") from None
     return _Plan(groups, parameters, list(names), units, ids, done)
 
 
@@ -339,9 +345,14 @@ def _run_one(stage: Stage, store_path: Path, options: RunOptions) -> StageReport
 
 
 def recover(store_path: Path, folder: Path, report: StageReport) -> None:
-    """Before a run: repair a damaged store, drop parts no writer sealed, merge the finished ones."""
+    """Before a run: finish or roll back an interrupted write of the store (its journal), repair a store damaged
+    by a failed write of an older version, drop parts no writer sealed, merge the finished ones."""
     from ..store.repair import repair_if_damaged
+    from ..store.wal import recover as recover_journal
 
+    line = recover_journal(store_path)
+    if line:
+        report.recovered.append(line)
     line = repair_if_damaged(store_path)
     if line:
         report.recovered.append(line)
@@ -360,13 +371,17 @@ def _record(store_path: Path, stage: Stage, report: StageReport) -> None:
     """The stage's report (and a new store's root provenance) in the store's root provenance."""
     if not store_path.is_file():
         return
-    with Store(store_path, mode="a") as store:
-        record = store.provenance
-        if not record and stage.root_provenance():
-            record = dict(stage.root_provenance())
-        if stage.report_in_store:
-            record.setdefault("reports", {})[stage.name] = report.as_dict()
-        store.set_provenance(record)
+    try:
+        with Store(store_path, mode="a", journal=True) as store:
+            record = store.provenance
+            if not record and stage.root_provenance():
+                record = dict(stage.root_provenance())
+            if stage.report_in_store:
+                record.setdefault("reports", {})[stage.name] = report.as_dict()
+            store.set_provenance(record)
+    except (OSError, RuntimeError) as exc:
+        raise StoreError(f"{store_path}: recording the run in the store failed ({os_reason(exc)}); its images are "
+                         f"saved, and the same command records it once there is room") from None
 
 
 # -- computing -------------------------------------------------------------------------------------------------

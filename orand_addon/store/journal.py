@@ -11,10 +11,11 @@ run ends, or by the next run after a crash, a full disk or Ctrl-C.
 A part is an ordinary store file (same class names, the group provenance of its stage). A writer seals its part
 every ``seal_every`` images or ``seal_seconds`` seconds, so a crash, a SIGKILL or a full disk loses at most the
 images since the last seal. :func:`merge_parts` copies the datasets as they are (HDF5 object copy, no decoding)
-under a temporary name and renames them (atomic per id), flushes and closes the store, and only then deletes the
-parts: a merge that is itself cut short is redone from the parts by the next run. Before merging it checks that
-the free disk space and the file-size limit leave room for the parts; if not, the parts stay where they are and
-the run ends with one line saying how much room is needed.
+under a temporary name and renames them (atomic per id), commits after each part and closes the store, and only
+then deletes the parts: a merge that is itself cut short is redone from the parts by the next run. The store is
+written through its journal (:mod:`.wal`), so such a merge leaves it at its last commit, with every earlier
+command's data intact. Before merging it checks that the free disk space and the file-size limit leave room for the
+parts; if not, the parts stay where they are and the run ends with one line saying how much room is needed.
 
 The folder also holds ``.lock``: one command at a time writes a store (a second one is refused, naming the
 first one's process).
@@ -237,12 +238,7 @@ def check_part(part: Store, store: Store | None) -> None:
 
 def copy_entry(source: Store, target: Store, group: str, image_id: str) -> None:
     """Copy ``/group/image_id`` as it is (data, dtype, chunks, filters, attrs) under a temporary name, then rename."""
-    grp = target.h5.require_group(group)
-    tmp = TMP_PREFIX + image_id
-    if tmp in grp:
-        del grp[tmp]
-    source.h5.copy(source.h5[group][image_id], grp, name=tmp)
-    grp.move(tmp, image_id)
+    target.copy_entry(source, group, image_id)
 
 
 def merge_parts(store_path: str | Path, parts: Sequence[Path], class_names: Sequence[str] | None = None,
@@ -264,7 +260,7 @@ def merge_parts(store_path: str | Path, parts: Sequence[Path], class_names: Sequ
             names = first.class_names
     try:
         with Store(store_path, mode="a", class_names=None if store_path.exists() else names,
-                   compression=compression) as store:
+                   compression=compression, journal=True) as store:
             for path in parts:
                 with Store(path) as part:
                     check_part(part, store)
@@ -278,7 +274,7 @@ def merge_parts(store_path: str | Path, parts: Sequence[Path], class_names: Sequ
                             else:
                                 copy_entry(part, store, group, image_id)
                                 counts.copied[group] = counts.copied.get(group, 0) + 1
-                store.flush()
+                store.flush()  # a commit: this part's images are in the store whatever happens next
                 counts.parts += 1
     except (OSError, RuntimeError) as exc:
         raise StoreError(f"{store_path}: merging the finished images failed ({os_reason(exc)}); they are kept in "

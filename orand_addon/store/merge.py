@@ -10,7 +10,8 @@ rerun redoes only the ids that are not in it.
 :func:`merge_shards` copies every dataset (bytes, dtype, chunks, compression and attributes as they are) and the
 group provenance into the main store, refusing shards of different runs (class names or parameters differ) and an
 id that two files hold with different content; ids already in the main store with the same content are skipped,
-so a merge is resumable and idempotent.
+so a merge is resumable and idempotent. The main store is written through its journal (:mod:`.wal`) and committed
+every 64 ids: a merge that is killed or runs out of space leaves it at its last commit, earlier data intact.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from ..errors import Interrupted, OrandError
+from ..errors import Interrupted, OrandError, StoreError
 from ..runtime.progress import progress
-from .store import TMP_PREFIX, Store
+from .store import Store
 
 INCOMPLETE = ("error", "merge")
 
@@ -85,10 +86,12 @@ class MergeReport:
 
     copied: dict[str, int] = field(default_factory=dict)
     present: dict[str, int] = field(default_factory=dict)
+    recovered: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         groups = sorted(set(self.copied) | set(self.present))
-        return [f"/{g}: copied {self.copied.get(g, 0)} ids ({self.present.get(g, 0)} already there)" for g in groups]
+        return [*self.recovered,
+                *(f"/{g}: copied {self.copied.get(g, 0)} ids ({self.present.get(g, 0)} already there)" for g in groups)]
 
 
 def check_shards(stores: Sequence[Store], incomplete: str) -> dict[str, tuple[Store, dict | None]]:
@@ -136,12 +139,7 @@ def merged_provenance(target: dict, stores: Sequence[Store]) -> dict:
 
 def _copy(source: Store, target: Store, group: str, image_id: str) -> None:
     """Copy ``/group/image_id`` as it is (data, dtype, chunks, filters, attrs), atomically (temporary name)."""
-    grp = target.h5.require_group(group)
-    tmp = TMP_PREFIX + image_id
-    if tmp in grp:
-        del grp[tmp]
-    source.h5.copy(source.h5[group][image_id], grp, name=tmp)
-    grp.move(tmp, image_id)
+    target.copy_entry(source, group, image_id)
 
 
 def merge_shards(out: str | Path, shards: Sequence[str | Path], overwrite: bool = False, incomplete: str = "error",
@@ -158,7 +156,14 @@ def merge_shards(out: str | Path, shards: Sequence[str | Path], overwrite: bool 
         for path in paths:
             stores.append(Store(path))
         reference = check_shards(stores, incomplete)
-        report = _merge_into(out, stores, reference, overwrite, show_progress)
+        try:
+            report = _merge_into(out, stores, reference, overwrite, show_progress)
+        except (OSError, RuntimeError) as exc:
+            from .journal import os_reason
+
+            raise StoreError(f"{out}: merging the shards failed ({os_reason(exc)}); the store keeps what was merged "
+                             f"up to its last checkpoint, the shards are kept, and the same merge command resumes "
+                             f"once there is room") from None
     finally:
         for store in stores:
             store.close()
@@ -172,7 +177,9 @@ def _merge_into(out: Path, stores: Sequence[Store], reference: dict[str, tuple[S
                 overwrite: bool, show_progress: bool) -> MergeReport:
     report = MergeReport()
     total = sum(len(s.ids(g)) for s in stores for g in s.groups())
-    with Store(out, mode="a", class_names=stores[0].class_names) as target:
+    with Store(out, mode="a", class_names=stores[0].class_names, journal=True) as target:
+        if target.recovered:
+            report.recovered.append(target.recovered)
         for group, (_, prov) in sorted(reference.items()):
             if prov is not None and "parameters" in prov:
                 target.begin([group], prov.get("command", "orand-addon merge"), prov["parameters"], force=overwrite)

@@ -16,6 +16,11 @@ Each group carries an attr ``provenance`` (JSON: the command and parameters that
 incremental and atomic per id: a dataset is written under a temporary name and then renamed, so a rerun that
 finds ``/<kind>/<id>`` knows it is complete, and leftovers of an interrupted write are removed on open.
 
+The main store is opened with ``journal=True`` wherever it is written (merges, a run's record): every write session
+then goes through the redo journal of :mod:`.wal`, so a SIGKILL, a power loss, a full disk or a file-size limit
+leaves the store at its last :meth:`Store.flush` (a commit), with every earlier id intact. Part files and rank shards
+are written plainly (a damaged one is redone, see :mod:`.journal` and :mod:`.repair`).
+
 >>> import tempfile, numpy as np
 >>> path = tempfile.mkdtemp() + "/s.h5"
 >>> with Store(path, mode="a", class_names=["background", "cat", "dog"]) as s:
@@ -28,6 +33,8 @@ finds ``/<kind>/<id>`` knows it is complete, and leftovers of an interrupted wri
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import time
@@ -38,7 +45,8 @@ import h5py
 import numpy as np
 
 from ..classes import VOC_CLASSES
-from ..errors import StoreError
+from ..errors import OrandError, StoreError
+from .wal import WalError, WalFile, check_no_pending_journal, fsync_enabled, journal_path, write_error
 
 LAYOUT_VERSION = 1
 MASK_GROUPS = ("masks", "seeds", "seg")
@@ -71,7 +79,15 @@ def _compression_kwargs(compression: str) -> dict[str, Any]:
 
 
 class Store:
-    """An open HDF5 store. ``mode``: ``r`` read, ``a`` read/write (created if missing)."""
+    """An open HDF5 store. ``mode``: ``r`` read, ``a`` read/write (created if missing).
+
+    ``journal`` (mode ``a``): write through the redo journal of :mod:`.wal` (crash-safe; used for the main store).
+    :meth:`flush` is then a commit, :meth:`close` commits (unless a write failed: then the store is rolled back to
+    its last commit, and close raises that write's OSError), and :attr:`recovered` says in one line how an
+    interrupted earlier session was finished or rolled back (None when there was none). A write that fails raises
+    an OSError naming the store with the errno of the failure (``[Errno 27] File too large: 'fused.h5'``).
+    Opening refuses (one line) while a journal of an interrupted write waits to be replayed.
+    """
 
     def __init__(
         self,
@@ -79,14 +95,18 @@ class Store:
         mode: str = "r",
         class_names: Sequence[str] | None = None,
         compression: str = "none",
+        journal: bool = False,
     ):
         self.path = Path(path)
         self.mode = mode
         self.compression = compression
+        self.wal: WalFile | None = None
+        self.recovered: str | None = None
         _compression_kwargs(compression)
         if mode == "r":
             if not self.path.is_file():
                 raise StoreError(f"{self.path}: store not found")
+            check_no_pending_journal(self.path)
             try:
                 self.h5 = h5py.File(self.path, "r")
             except OSError as exc:
@@ -100,46 +120,157 @@ class Store:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise StoreError(f"{self.path}: cannot create output folder ({exc.strerror})") from None
-            try:
-                self.h5 = h5py.File(self.path, "a")
-            except OSError as exc:
-                reason = os.strerror(exc.errno) if exc.errno else str(exc).split(";")[0]
-                if self.path.exists() and not new:
-                    reason += "; is it open in another process, or not an HDF5 file?"
-                raise StoreError(f"{self.path}: cannot open store for writing ({reason})") from None
+            if journal:
+                self._open_journaled(class_names)
+                new = False  # a new store was created whole (with its attributes) before it was opened
+            else:
+                if not new:
+                    check_no_pending_journal(self.path)
+                try:
+                    self.h5 = h5py.File(self.path, "a")
+                except OSError as exc:
+                    reason = os.strerror(exc.errno) if exc.errno else str(exc).split(";")[0]
+                    if self.path.exists() and not new:
+                        reason += "; is it open in another process, or not an HDF5 file?"
+                    raise StoreError(f"{self.path}: cannot open store for writing ({reason})") from None
         else:
             raise StoreError(f"unknown store mode {mode!r}; valid: r, a")
         try:
             if mode == "a":
-                if new or ("layout_version" not in self.h5.attrs and not len(self.h5) and not len(self.h5.attrs)):
-                    self._init_attrs(class_names)
-                self._remove_partial_writes()
+                with self._guard():
+                    if new or ("layout_version" not in self.h5.attrs and not len(self.h5) and not len(self.h5.attrs)):
+                        self._init_attrs(self.h5, class_names)
+                    self._remove_partial_writes()
             self._check_layout(class_names)
         except BaseException:
-            self.h5.close()  # never leave the file open (and locked) behind an error
+            self._abandon()  # never leave the file open (and locked) behind an error; a journal rolls back
             raise
+
+    def _open_journaled(self, class_names: Sequence[str] | None) -> None:
+        """Open through a :class:`~.wal.WalFile` (creating the store whole first when it is missing or empty)."""
+        try:
+            if not self.path.exists() or self.path.stat().st_size == 0:
+                self._create(class_names)
+            self.wal = WalFile(self.path)
+        except WalError:
+            raise
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot open store for writing ({exc.strerror or exc})") from None
+        self.recovered = self.wal.recovered
+        try:
+            self.h5 = h5py.File(self.wal, "r+")
+        except Exception as exc:  # noqa: BLE001 - whatever HDF5 says, the file is left as it was
+            self.wal.close(commit=False)
+            self.wal = None
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise StoreError(f"{self.path}: cannot open store for writing ({reason}; is it an HDF5 file?)") from None
+
+    def _create(self, class_names: Sequence[str] | None) -> None:
+        """Write a new, empty store under a temporary name and move it into place whole: the committed state of a
+        journaled store is always a complete HDF5 file (an interrupted creation leaves no half-made store)."""
+        tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
+        try:
+            with h5py.File(tmp, "w") as h5:
+                self._init_attrs(h5, class_names)
+            if fsync_enabled():
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            created = True
+            if self.path.exists():  # an empty file
+                os.replace(tmp, self.path)
+            else:
+                try:
+                    os.link(tmp, self.path)  # never replaces a store another process created meanwhile
+                except FileExistsError:
+                    created = False
+                except OSError as exc:
+                    if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV):
+                        raise
+                    os.replace(tmp, self.path)  # a file system without hard links
+            if created:  # a journal next to a store that did not exist belongs to nothing
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(journal_path(self.path))
+            if fsync_enabled():
+                fd = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Turn whatever h5py raises after the journal's write failed into that failure's OSError (h5py's own
+        message is then noise from the file-object driver)."""
+        try:
+            yield
+        except Exception as exc:
+            failed = self.wal.failed if self.wal is not None else None
+            if failed is None or isinstance(exc, OrandError) or not isinstance(failed, Exception):
+                raise
+            raise write_error(self.path, failed) from None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def __enter__(self) -> "Store":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(Exception):  # the exception in flight is the one to report
+            self.close()
 
     def close(self) -> None:
-        if getattr(self, "h5", None) is not None and self.h5.id.valid:
-            self.h5.close()
+        """Close the file; with a journal, commit (see the class docstring) and release the lock."""
+        h5, wal, self.wal = getattr(self, "h5", None), self.wal, None
+        error: Exception | None = None
+        if h5 is not None and h5.id.valid:
+            try:
+                h5.close()
+            except Exception as exc:
+                if wal is None:
+                    raise
+                error = exc
+        if wal is None:
+            return
+        try:
+            wal.close(commit=error is None)
+        except OSError as exc:  # the commit's write failed (recorded in wal.failed)
+            error = error or exc
+        if wal.failed is not None:
+            if isinstance(wal.failed, Exception):
+                raise write_error(self.path, wal.failed) from None
+            return  # Ctrl-C during a write: rolled back; the interrupt is on its way
+        if error is not None:
+            raise write_error(self.path, error) from None
+
+    def _abandon(self) -> None:
+        """Close without committing anything (a journaled store is left as it was opened)."""
+        h5, wal, self.wal = getattr(self, "h5", None), self.wal, None
+        if h5 is not None and h5.id.valid:
+            with contextlib.suppress(Exception):
+                h5.close()
+        if wal is not None:
+            wal.close(commit=False)
 
     def flush(self) -> None:
-        self.h5.flush()
+        """Write what is cached to the file; with a journal, a commit (durable, and kept whatever happens next)."""
+        with self._guard():
+            self.h5.flush()
+            if self.wal is not None:
+                self.wal.commit()
 
-    def _init_attrs(self, class_names: Sequence[str] | None) -> None:
+    @staticmethod
+    def _init_attrs(h5: h5py.File, class_names: Sequence[str] | None) -> None:
         names = list(class_names) if class_names is not None else list(VOC_CLASSES)
-        self.h5.attrs["layout_version"] = LAYOUT_VERSION
-        self.h5.attrs["orand_addon_version"] = _version()
-        self.h5.attrs["class_names"] = np.array(names, dtype=h5py.string_dtype())
-        self.h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.h5.attrs["provenance"] = json.dumps({})
+        h5.attrs["layout_version"] = LAYOUT_VERSION
+        h5.attrs["orand_addon_version"] = _version()
+        h5.attrs["class_names"] = np.array(names, dtype=h5py.string_dtype())
+        h5.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        h5.attrs["provenance"] = json.dumps({})
 
     def _check_layout(self, class_names: Sequence[str] | None) -> None:
         version = self.h5.attrs.get("layout_version")
@@ -169,7 +300,8 @@ class Store:
         return json.loads(self.h5.attrs.get("provenance", "{}"))
 
     def set_provenance(self, record: dict) -> None:
-        self.h5.attrs["provenance"] = json.dumps(record, default=str)
+        with self._guard():
+            self.h5.attrs["provenance"] = json.dumps(record, default=str)
 
     def group_provenance(self, group: str) -> dict | None:
         if group not in self.h5:
@@ -195,9 +327,16 @@ class Store:
                         f"{self.path}: /{group} was written by '{old.get('command')}' with other parameters "
                         f"({', '.join(diff)} differ); use a new output file or --overwrite"
                     )
+                self.delete_group(group)
+            with self._guard():
+                grp = self.h5.require_group(group)
+                grp.attrs["provenance"] = json.dumps(record, default=str)
+
+    def delete_group(self, group: str) -> None:
+        """Delete ``/group`` and everything in it (nothing to do when it is missing)."""
+        with self._guard():
+            if group in self.h5:
                 del self.h5[group]
-            grp = self.h5.require_group(group)
-            grp.attrs["provenance"] = json.dumps(record, default=str)
 
     # -- listing ---------------------------------------------------------------------------------------------
     def groups(self) -> list[str]:
@@ -259,14 +398,32 @@ class Store:
     def _write(self, group: str, image_id: str, data: np.ndarray, chunks, attrs: dict, compression: dict) -> None:
         if self.mode == "r":
             raise StoreError(f"{self.path}: opened read-only")
-        grp = self.h5.require_group(group)
-        tmp = TMP_PREFIX + image_id
-        if tmp in grp:
-            del grp[tmp]
-        kwargs = compression if data.size else {}
-        ds = grp.create_dataset(tmp, data=data, chunks=chunks if kwargs else None, **kwargs)
-        for key, value in attrs.items():
-            ds.attrs[key] = value
-        if image_id in grp:
-            del grp[image_id]
-        grp.move(tmp, image_id)
+        with self._guard():
+            grp = self.h5.require_group(group)
+            tmp = TMP_PREFIX + image_id
+            if tmp in grp:
+                del grp[tmp]
+            kwargs = compression if data.size else {}
+            ds = grp.create_dataset(tmp, data=data, chunks=chunks if kwargs else None, **kwargs)
+            for key, value in attrs.items():
+                ds.attrs[key] = value
+            if ds.chunks is not None:
+                # chunks are written when the dataset is closed, after the rename, where a failure (a full disk)
+                # is swallowed by h5py: write them now, so that it raises before the id gets its final name
+                ds.flush()
+            if image_id in grp:
+                del grp[image_id]
+            grp.move(tmp, image_id)
+
+    def copy_entry(self, source: Store, group: str, image_id: str) -> None:
+        """Copy ``/group/image_id`` of ``source`` as it is (data, dtype, chunks, filters, attrs) under a temporary
+        name, then rename it (atomic per id)."""
+        if self.mode == "r":
+            raise StoreError(f"{self.path}: opened read-only")
+        with self._guard():
+            grp = self.h5.require_group(group)
+            tmp = TMP_PREFIX + image_id
+            if tmp in grp:
+                del grp[tmp]
+            source.h5.copy(source.h5[group][image_id], grp, name=tmp)
+            grp.move(tmp, image_id)
