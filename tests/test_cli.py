@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from click.testing import CliRunner
 
-from helpers import voc_mini_ids, write_voc_mini_cams
-from orand_addon.cli import COMMANDS, cli
+from helpers import run, voc_mini_ids, write_voc_mini_cams  # noqa: E402,F401 (one_process_env: autouse fixture)
+from orand_addon.cli import COMMANDS
 from orand_addon.store.store import Store
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.mark.parametrize("command", list(COMMANDS))

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
+from helpers import run  # noqa: E402,F401 (one_process_env: autouse fixture)
+
 import json
 
 import numpy as np
-from click.testing import CliRunner
 
-from orand_addon.cli import cli
 from orand_addon.classes import load_labels, get_class_set
 from orand_addon.io.images import load_label_png
 from orand_addon.store.store import Store
 
 TINY = "ci,n_train=12,n_val=4,cnn_epochs=1,vit_epochs=1"
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_make_data_writes_a_voc_layout_dataset(tmp_path):

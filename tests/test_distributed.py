@@ -2,29 +2,22 @@
 `fuse` simulated in this process (RANK/WORLD_SIZE are all a per-image stage reads), and every refusal of
 `orand-addon merge`. The merged store is checked against the one-process run, dataset by dataset.
 
-Also home of :func:`assert_same_store`, :func:`torchrun` and :func:`loopback` used by the other
-``test_distributed_*`` files (real 2-process gloo jobs).
+(:func:`assert_same_store`, :func:`torchrun` and :func:`loopback` live in tests/helpers.)
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from helpers import voc_mini_ids
-from test_orandnet_data import make_tiny_store
+from helpers import assert_same_store, ids_of, make_tiny_store, run, voc_mini_ids
+from helpers import one_process_env  # noqa: F401 (fixtures)
 from orand_addon.classes import get_class_set, load_labels
-from orand_addon.cli import cli
 from orand_addon.runtime.distributed import DistInfo, dist_info, pick_device, process_group, shard
 from orand_addon.store.shards import find_shards, parse_shard_path, shard_path
 from orand_addon.errors import OrandError
@@ -32,83 +25,8 @@ from orand_addon.fuse.stage import FuseOptions, run_fuse
 from orand_addon.store.merge import merge_shards
 from orand_addon.store.store import Store
 
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
-# -- shared with the other test_distributed_* files ----------------------------------------------------------
-
-def assert_same_store(a: Path, b: Path, ignore: tuple[str, ...] = ()) -> None:
-    """``b`` holds what ``a`` holds: classes, groups, group provenance, ids, and per dataset its bytes, dtype,
-    chunks, filters and attributes; the root provenance equal apart from the stage reports, of which the counts
-    are compared. ``ignore``: ``"command"`` (provenance compared without the command text, which names the
-    files), ``"reports"``, ``"root"`` (the root provenance)."""
-    def drop(record: dict) -> dict:
-        return {k: v for k, v in record.items() if not (k == "command" and "command" in ignore)}
-
-    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        for attr in ("layout_version", "orand_addon_version"):
-            assert fa.attrs[attr] == fb.attrs[attr], attr
-        assert list(fa.attrs["class_names"]) == list(fb.attrs["class_names"])
-        assert sorted(fa) == sorted(fb)
-        for group in fa:
-            assert drop(json.loads(fa[group].attrs["provenance"])) == drop(json.loads(fb[group].attrs["provenance"]))
-            assert sorted(fa[group]) == sorted(fb[group]), group
-            for image_id in fa[group]:
-                x, y = fa[group][image_id], fb[group][image_id]
-                assert (x.dtype, x.shape, x.chunks, x.compression) == (y.dtype, y.shape, y.chunks, y.compression)
-                assert sorted(x.attrs) == sorted(y.attrs)
-                for key in x.attrs:
-                    np.testing.assert_array_equal(x.attrs[key], y.attrs[key])
-                np.testing.assert_array_equal(x[()], y[()])
-        if "root" in ignore:
-            return
-        pa, pb = drop(json.loads(fa.attrs["provenance"])), drop(json.loads(fb.attrs["provenance"]))
-        ra, rb = pa.pop("reports", {}), pb.pop("reports", {})
-        assert pa == pb
-        if "reports" not in ignore:
-            assert ra.keys() == rb.keys()
-            for stage in ra:
-                counts = lambda r: {k: v for k, v in r.items() if k != "notes"}  # noqa: E731
-                assert counts(ra[stage]) == counts(rb[stage])
-                assert {k: v["count"] for k, v in ra[stage].get("notes", {}).items()} == \
-                       {k: v["count"] for k, v in rb[stage].get("notes", {}).items()}
-
-
-def loopback() -> str:
-    """Name of the loopback network interface (gloo binds there, nothing leaves the machine)."""
-    return next(name for _, name in socket.if_nameindex() if name.startswith("lo"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(*args, env: dict | None = None, nproc: int = 2) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run`` with ``nproc`` processes on 127.0.0.1 (gloo on the loopback)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
-           "127.0.0.1", "--master-port", str(free_port()), *[str(a) for a in args]]
-    full_env = {**{k: v for k, v in os.environ.items() if k not in DIST_ENV}, "GLOO_SOCKET_IFNAME": loopback(),
-                "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=full_env)
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def ids_of(path: Path, group: str) -> list[str]:
-    with Store(path) as s:
-        return s.ids(group)
-
 
 # -- fixtures ------------------------------------------------------------------------------------------------
-
-@pytest.fixture(autouse=True)
-def one_process_env(monkeypatch):
-    for key in DIST_ENV:
-        monkeypatch.delenv(key, raising=False)
 
 
 @pytest.fixture(scope="module")

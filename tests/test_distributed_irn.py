@@ -1,97 +1,34 @@
 """`orand-addon refine` under torchrun (2 processes, gloo on the loopback): DDP training takes the steps of one
 process with the same global batch, and the sharded seeds and walk, with one rank killed and the run repeated,
-merge into the store of the one-process run.
-
-Run as a script (``python tests/test_distributed_irn.py COMMAND ...``, by torchrun), this file is the orand-addon CLI
-with test hooks: every map and mask write of the rank is logged to ``$WRITE_LOG/rank{RANK}.txt`` as ``GROUP ID``,
-rank ``$KILL_RANK`` kills itself (SIGKILL) right after its ``$KILL_AFTER``-th write to group ``$KILL_KIND``, and
-rank ``$STOP_RANK`` presses Ctrl-C (SIGINT to itself) during its ``$STOP_AFTER``-th IRN training step.
+merge into the store of the one-process run (the hooks: tests/helpers/hooks.py).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-from pathlib import Path
+import shutil
 
-HOOK = Path(__file__).resolve()
+import numpy as np
+import pytest
+import torch
 
-
-def install_write_hooks(rank: str) -> None:
-    from orand_addon.store.store import Store
-
-    log = Path(os.environ["WRITE_LOG"]) / f"rank{rank}.txt"
-    kill = os.environ.get("KILL_RANK") == rank
-    after, group_to_count = int(os.environ.get("KILL_AFTER", "0")), os.environ.get("KILL_KIND", "")
-    count = [0]
-
-    def logged(write):
-        def wrapper(self, group, image_id, *args, **kwargs):
-            write(self, group, image_id, *args, **kwargs)
-            with open(log, "a") as fh:
-                fh.write(f"{group} {image_id}\n")
-            count[0] += group == group_to_count
-            if kill and count[0] == after:
-                os.kill(os.getpid(), signal.SIGKILL)
-        return wrapper
-
-    Store.write_maps = logged(Store.write_maps)
-    Store.write_mask = logged(Store.write_mask)
-
-
-def install_ctrl_c_hook(after: int) -> None:
-    from orand_addon.refine import train
-
-    real, steps = train.train_step, [0]
-
-    def ctrl_c_step(*args, **kwargs):
-        steps[0] += 1
-        if steps[0] == after:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*args, **kwargs)
-
-    train.train_step = ctrl_c_step
-
-
-if __name__ == "__main__":
-    if "WRITE_LOG" in os.environ:
-        install_write_hooks(os.environ.get("RANK", "0"))
-    if os.environ.get("STOP_RANK") == os.environ.get("RANK", "0"):
-        install_ctrl_c_hook(int(os.environ["STOP_AFTER"]))
-    from orand_addon.cli import main
-
-    main(sys.argv[1:])
-
-import shutil  # noqa: E402  (the tests; the hook above stays light)
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-
-from helpers import one_torch_thread, voc_mini_ids  # noqa: E402,F401 (fixture)
-from test_distributed import assert_same_store, one_process_env, torchrun  # noqa: E402,F401 (fixture)
-from test_distributed_shards import complete_ids, shard_complete, written  # noqa: E402
-from test_irn_helpers import small_voc, write_store  # noqa: E402
-from orand_addon.cli import cli  # noqa: E402
-from orand_addon.runtime.distributed import DistInfo  # noqa: E402
-from orand_addon.store.shards import shard_path  # noqa: E402
-from orand_addon.io.images import save_label_png  # noqa: E402
-from orand_addon.refine.network import resnet50_stride16  # noqa: E402
-from orand_addon.refine.seed_stage import import_seed_pngs, make_seeds  # noqa: E402
-from orand_addon.refine.seeds import CrfParams, SeedOptions  # noqa: E402
-from orand_addon.store.merge import merge_shards  # noqa: E402
-from orand_addon.runtime.files import load_checkpoint  # noqa: E402
-from orand_addon.store.store import Store  # noqa: E402
+from helpers.hooks import HOOK
+from helpers.testers import KilledRankTester
+from helpers import (assert_same_store, run, small_voc, torchrun, voc_mini_ids,
+                     write_store)
+from helpers import one_process_env, one_torch_thread  # noqa: F401 (fixtures)
+from orand_addon.runtime.distributed import DistInfo
+from orand_addon.store.shards import shard_path
+from orand_addon.io.images import save_label_png
+from orand_addon.refine.network import resnet50_stride16
+from orand_addon.refine.seed_stage import import_seed_pngs, make_seeds
+from orand_addon.refine.seeds import CrfParams, SeedOptions
+from orand_addon.store.merge import merge_shards
+from orand_addon.runtime.files import load_checkpoint
+from orand_addon.store.store import Store
 
 TRAIN = ["--backbone", "frozen", "--crop-size", 80, "--batch-size", 4, "--max-steps", 2, "--lr", 0.05, "--dp-lr", 0.5,
          "--workers", 0, "--device", "cpu", "--no-progress"]
 PER_IMAGE = ["--crf-iterations", 2, "--workers", 1, "--device", "cpu", "--no-progress"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +95,7 @@ def test_ctrl_c_on_one_rank_stops_all_after_the_same_step_and_one_process_resume
     out = tmp_path / "ddp"
     args = ["refine", "--store", seeded, "--kind", "or", "--images", root / "img", "--steps", "train", "--run-dir",
             out, "--pretrained", root / "r50.pth", *TRAIN]
-    res = torchrun(HOOK, *args, env={"STOP_RANK": "1", "STOP_AFTER": "1"})
+    res = torchrun(HOOK, *args, env={"STOP_RANK": "1", "STOP_AFTER": "1", "STOP_MODULE": "orand_addon.refine.train"})
     assert res.returncode != 0
     stopped = f"orand-addon: error: IRN training interrupted at step 1/2; saved {out / 'irn_last.pt'}; the same " \
               f"command resumes"
@@ -176,49 +113,34 @@ def test_ctrl_c_on_one_rank_stops_all_after_the_same_step_and_one_process_resume
         torch.testing.assert_close(resumed["model"][key], value, rtol=1e-4, atol=1e-6, msg=key)
 
 
-def test_sharded_seeds_and_walk_with_a_killed_rank_merge_into_the_one_process_store(voc, tmp_path):
-    root, maps, _ = voc
-    weights = root / "one" / "irn.pt"
-    args = ["refine", "--kind", "or", "--images", root / "img", "--steps", "seeds,walk", "--checkpoint", weights,
-            *PER_IMAGE]
-    one, sharded = tmp_path / "one.h5", tmp_path / "sharded.h5"
-    shutil.copy(maps, one)
-    shutil.copy(maps, sharded)
-    res = run(*args, "--store", one)
-    assert res.exit_code == 0, res.output
-    ids = complete_ids(one, ["seeds", "rw", "masks"])
-    shards = [shard_path(sharded, r, 2) for r in range(2)]
-    logs = [tmp_path / "log1", tmp_path / "log2"]
-    for log in logs:
-        log.mkdir()
+class TestKilledSeedsAndWalkRank(KilledRankTester):
+    """Seeds and walk in one run; rank 1 dies in the walk, after its seeds and the rw maps of its 2nd image."""
 
-    res = torchrun(HOOK, *args, "--store", sharded,
-                   env={"WRITE_LOG": str(logs[0]), "KILL_RANK": "1", "KILL_AFTER": "2", "KILL_KIND": "rw"})
-    assert res.returncode != 0
-    seeds_after_kill = [complete_ids(p, ["seeds"]) for p in shards]
-    walked_after_kill = [complete_ids(p, ["rw", "masks"]) for p in shards]
-    assert seeds_after_kill[1] == set(sorted(ids)[1::2])  # rank 1 had seeded its share, then died in the walk
-    assert len(walked_after_kill[1]) == 1 and not shard_complete(shards[1])  # its 2nd id has rw but no mask
-    res_merge = run("merge", "--from-shards", sharded, "--no-progress")
-    assert res_merge.exit_code == 2 and ": incomplete shard (rank " in res_merge.output  # rank 0 was stopped too
+    groups, kill_kind, kill_after = ("seeds", "rw", "masks"), "rw", 2
 
-    res = torchrun(HOOK, *args, "--store", sharded, env={"WRITE_LOG": str(logs[1])})
-    assert res.returncode == 0, res.stdout + res.stderr[-4000:]
-    for group, before in (("seeds", seeds_after_kill), ("masks", walked_after_kill)):
-        final = [complete_ids(p, [group]) for p in shards]
-        assert final[0] | final[1] == ids and not final[0] & final[1], group
-        for r in range(2):  # the rerun wrote exactly what was missing, nothing twice
-            assert sorted(written(logs[1], r, group)) == sorted(final[r] - before[r]), (group, r)
-    assert all(shard_complete(p) for p in shards)
-    assert ("rank 1 of 2: walk: wrote 2 images (rw maps + masks), 1 already present") in res.stdout
-    assert f"rank 1 of 2: wrote {shards[1]}; when every rank is done: orand-addon merge --from-shards {sharded}" \
-        in res.stdout
+    def input_store(self, stage_inputs):
+        return stage_inputs[1]
 
-    res = run("merge", "--from-shards", sharded, "--no-progress")
-    assert res.exit_code == 0, res.output
-    for group in ("seeds", "rw", "masks"):
-        assert f"/{group}: copied {len(ids)} ids (0 already there)" in res.output
-    assert_same_store(one, sharded, ignore=("command",))
+    def command(self, stage_inputs, tmp, role):
+        root = stage_inputs[0]
+        return ["refine", "--kind", "or", "--images", root / "img", "--steps", "seeds,walk", "--checkpoint",
+                root / "one" / "irn.pt", *PER_IMAGE]
+
+    def check_killed(self, stage_inputs, scenario):
+        after = scenario.after_kill
+        assert after["seeds"][1] == set(sorted(scenario.ids)[1::2])  # rank 1 had seeded its share, then died
+        assert len(after["masks"][1]) == 1  # its 2nd id died between its rw maps and its mask
+
+    def check_rerun(self, stage_inputs, scenario):
+        out = scenario.rerun.stdout
+        assert "rank 1 of 2: walk: wrote 2 images (rw maps + masks), 1 already present" in out
+        assert (f"rank 1 of 2: wrote {scenario.shards[1]}; when every rank is done: orand-addon merge "
+                f"--from-shards {scenario.sharded}") in out
+
+
+@pytest.fixture(scope="module")
+def stage_inputs(voc):
+    return voc
 
 
 def test_torchrun_needs_a_merge_between_seeds_and_training(voc, monkeypatch):

@@ -6,86 +6,28 @@ checkpoint exactly; the global batch must divide among the processes and is chec
 The CPU has no SyncBatchNorm, so these runs freeze BatchNorm (``--bn frozen``): the equivalence that holds on the
 CPU (on GPUs, SyncBatchNorm makes trained BatchNorm equivalent too).
 
-Run as a script (``python tests/test_distributed_seg.py COMMAND ...``, by torchrun), this file is the orand-addon CLI
-with test hooks (used here and by ``test_seg_shards.py``): every mask written is logged to
-``$WRITE_LOG/rank{RANK}.txt`` (``seg ID`` for the store, ``png ID`` for the PNG folder); rank ``$KILL_RANK`` kills
-itself (SIGKILL: no cleanup, the last mask unflushed) right after its ``$KILL_AFTER``-th store mask; rank
-``$STOP_RANK`` presses Ctrl-C (SIGINT to itself) in its ``$STOP_AFTER``-th training step.
+The hooks: tests/helpers/hooks.py.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
+import csv
 from pathlib import Path
+import json
 
-HOOK = Path(__file__).resolve()
+import numpy as np
+import pytest
+import torch
 
-
-def _log(kind: str, image_id: str) -> None:
-    if os.environ.get("WRITE_LOG"):
-        with open(Path(os.environ["WRITE_LOG"]) / f"rank{os.environ.get('RANK', '0')}.txt", "a") as fh:
-            fh.write(f"{kind} {image_id}\n")
-
-
-def install_hooks() -> None:
-    from orand_addon.segment import stage as outputs, train
-    from orand_addon.store.store import Store
-
-    rank = os.environ.get("RANK", "0")
-    kill_after = int(os.environ["KILL_AFTER"]) if os.environ.get("KILL_RANK") == rank else 0
-    stop_after = int(os.environ["STOP_AFTER"]) if os.environ.get("STOP_RANK") == rank else 0
-    write_mask, save_png, train_step, count = Store.write_mask, outputs.save_label_png, train.train_step, [0, 0]
-
-    def logged_write_mask(self, group, image_id, *args, **kwargs):
-        write_mask(self, group, image_id, *args, **kwargs)
-        _log(group, image_id)
-        count[0] += 1
-        if count[0] == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    def logged_png(path, mask):
-        save_png(path, mask)
-        _log("png", Path(path).stem)
-
-    def ctrl_c_step(*args, **kwargs):
-        count[1] += 1
-        if count[1] == stop_after:
-            os.kill(os.getpid(), signal.SIGINT)
-        return train_step(*args, **kwargs)
-
-    Store.write_mask, outputs.save_label_png, train.train_step = logged_write_mask, logged_png, ctrl_c_step
-
-
-if __name__ == "__main__":
-    install_hooks()
-    from orand_addon.cli import main
-
-    main(sys.argv[1:])
-
-import csv  # noqa: E402  (the tests; the hook above stays light)
-import json  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-
-from test_distributed import DIST_ENV, torchrun  # noqa: E402
-from helpers import one_torch_thread  # noqa: E402,F401 (fixture)
-from test_seg_data import tiny_voc  # noqa: E402
-from orand_addon.cli import cli  # noqa: E402
-from orand_addon.segment.models import build_model  # noqa: E402
+from helpers.hooks import HOOK
+from helpers import run, tiny_voc, torchrun
+from helpers import one_process_env, one_torch_thread  # noqa: F401 (fixtures)
+from orand_addon.segment.models import build_model
 
 # 8 images, global batch 4: 2 steps per epoch; epoch 1 at 1/2 scale; class-balanced loss (class counts of all ranks)
 ARGS = ["--model", "deeplabv2-resnet18-os16", "--pretrained", "none", "--bn", "frozen", "--epochs", 2,
         "--batch-size", 4, "--crop-size", 32, "--scale-schedule", "2:1", "--loss", "balanced-ls-ce", "--lr", 1e-3,
         "--device", "cpu", "--workers", 0, "--no-progress"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def train_args(tiny: dict, out: Path, *extra) -> list:
@@ -112,12 +54,6 @@ def assert_same_training(run_dir: Path, reference: Path) -> None:
     assert [r["epoch"] for r in rows] == [r["epoch"] for r in ref] == ["1", "2"]
     np.testing.assert_allclose([float(r["loss"]) for r in rows], [float(r["loss"]) for r in ref], rtol=1e-5)
     np.testing.assert_allclose([float(r["val_miou"]) for r in rows], [float(r["val_miou"]) for r in ref], atol=1e-3)
-
-
-@pytest.fixture(autouse=True)
-def one_process_env(monkeypatch):
-    for key in DIST_ENV:
-        monkeypatch.delenv(key, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +90,7 @@ def test_ddp_training_takes_the_steps_of_one_process_with_the_same_global_batch(
 
 def test_ctrl_c_on_one_rank_stops_all_after_the_same_step_and_one_process_resumes(tiny, reference, tmp_path):
     out = tmp_path / "ddp"
-    res = torchrun(HOOK, *train_args(tiny, out), env={"STOP_RANK": "1", "STOP_AFTER": "3"})
+    res = torchrun(HOOK, *train_args(tiny, out), env={"STOP_RANK": "1", "STOP_AFTER": "3", "STOP_MODULE": "orand_addon.segment.train"})
     assert res.returncode != 0
     assert f"interrupted at epoch 2, step 1; {out / 'last.pt'} saved, rerun with --resume" in res.stderr
     saved = torch.load(out / "last.pt", weights_only=True)

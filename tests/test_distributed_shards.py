@@ -1,95 +1,29 @@
 """Sharded `predict` under torchrun and a sharded `fuse` rank, each with one rank killed (SIGKILL: no cleanup, the
 last write unflushed): the rerun redoes exactly the ids missing from the shards, the merge refuses the unfinished
-shard before and joins them after, and the merged store equals the one-process run.
-
-Run as a script (``python tests/test_distributed_shards.py COMMAND ...``, by torchrun or with RANK/WORLD_SIZE set),
-this file is the orand-addon CLI with a test hook: every map write of the rank is logged to
-``$WRITE_LOG/rank{RANK}.txt``, and rank ``$KILL_RANK`` kills itself right after its ``$KILL_AFTER``-th write of kind
-``$KILL_KIND``.
+shard before and joins them after, and the merged store equals the one-process run (the hooks: tests/helpers/hooks.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
-HOOK = Path(__file__).resolve()
+import pytest
 
-
-def install_hooks() -> None:
-    from orand_addon.store.store import Store
-
-    rank = os.environ.get("RANK", "0")
-    log = Path(os.environ["WRITE_LOG"]) / f"rank{rank}.txt"
-    kill = os.environ.get("KILL_RANK") == rank
-    after, kind_to_count = int(os.environ.get("KILL_AFTER", "0")), os.environ.get("KILL_KIND", "")
-    original, count = Store.write_maps, [0]
-
-    def write_maps(self, kind, image_id, *args, **kwargs):
-        original(self, kind, image_id, *args, **kwargs)
-        with open(log, "a") as fh:
-            fh.write(f"{kind} {image_id}\n")
-        count[0] += kind == kind_to_count
-        if kill and count[0] == after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    Store.write_maps = write_maps
-
-
-if __name__ == "__main__":
-    install_hooks()
-    from orand_addon.cli import main
-
-    main(sys.argv[1:])
-
-import h5py  # noqa: E402  (the tests; the hook above stays light)
-import pytest  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-
-from test_distributed import DIST_ENV, assert_same_store, torchrun  # noqa: E402
-from helpers import one_torch_thread  # noqa: E402,F401 (fixture)
-from test_orandnet_data import add_empty_image, make_tiny_store  # noqa: E402
-from orand_addon.cli import cli  # noqa: E402
+from helpers import (add_empty_image, assert_same_store, complete_ids, DIST_ENV, make_tiny_store, run, shard_complete,
+                     written)
+from helpers import one_process_env, one_torch_thread  # noqa: F401 (fixtures)
+from helpers.hooks import HOOK
+from helpers.testers import KilledRankTester
 from orand_addon.runtime.distributed import DistInfo
-from orand_addon.store.shards import shard_path  # noqa: E402
-from orand_addon.errors import OrandError  # noqa: E402
-from orand_addon.store.merge import merge_shards  # noqa: E402
-from orand_addon.orandnet.predict import PredictConfig, predict_orandnet  # noqa: E402
-from orand_addon.store.store import Store  # noqa: E402
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def written(log_dir: Path, rank: int, kind: str) -> list[str]:
-    """Ids of ``kind`` a rank wrote, from the hook's log."""
-    log = log_dir / f"rank{rank}.txt"
-    lines = log.read_text().splitlines() if log.exists() else []
-    return [line.split(" ", 1)[1] for line in lines if line.split(" ", 1)[0] == kind]
-
-
-def complete_ids(path: Path, groups: list[str]) -> set[str]:
-    if not path.exists():  # a rank torchrun stopped before it opened its shard has written nothing
-        return set()
-    with Store(path) as s:
-        return set.intersection(*[set(s.ids(g)) for g in groups])
-
-
-def shard_complete(path: Path) -> bool:
-    with h5py.File(path, "r") as f:
-        return json.loads(f.attrs["shard"])["complete"]
-
-
-@pytest.fixture(autouse=True)
-def one_process_env(monkeypatch):
-    for key in DIST_ENV:
-        monkeypatch.delenv(key, raising=False)
+from orand_addon.store.shards import shard_path
+from orand_addon.errors import OrandError
+from orand_addon.store.merge import merge_shards
+from orand_addon.orandnet.predict import PredictConfig, predict_orandnet
+from orand_addon.store.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -103,45 +37,28 @@ def trained(tmp_path_factory):
     return root, store, root / "run" / "last.pt"
 
 
-def test_killed_predict_rank_reruns_only_its_missing_ids_and_merges_to_the_one_process_store(trained, tmp_path):
-    _, store, ckpt = trained
-    one, sharded = tmp_path / "one.h5", tmp_path / "sharded.h5"
-    shutil.copy(store, one)
-    shutil.copy(store, sharded)
-    args = ["predict", "--checkpoint", ckpt, "--device", "cpu", "--no-progress"]
-    assert run(*args, "--store", one).exit_code == 0
-    with Store(one) as s:
-        ids = s.ids("or")
-    shards = [shard_path(sharded, r, 2) for r in range(2)]
-    logs = [tmp_path / "log1", tmp_path / "log2"]
-    for log in logs:
-        log.mkdir()
+class TestKilledPredictRank(KilledRankTester):
+    groups, kill_kind, kill_after = ("orandnet",), "orandnet", 3
 
-    res = torchrun(HOOK, *args, "--store", sharded,
-                   env={"WRITE_LOG": str(logs[0]), "KILL_RANK": "1", "KILL_AFTER": "3", "KILL_KIND": "orandnet"})
-    assert res.returncode != 0
-    after_kill = [complete_ids(p, ["orandnet"]) for p in shards]
-    assert 0 < len(after_kill[1]) <= 3 and not shard_complete(shards[1])
-    res_merge = run("merge", "--from-shards", sharded, "--no-progress")
-    # torchrun stops rank 0 too: merge names the first shard it finds unfinished (or rank 0's, never opened)
-    assert res_merge.exit_code == 2, res_merge.output
-    assert (": incomplete shard (rank " in res_merge.output or
-            f"shard 0 of 2 ({shards[0].name}) is missing" in res_merge.output), res_merge.output
+    def input_store(self, stage_inputs):
+        return stage_inputs[1]
 
-    res = torchrun(HOOK, *args, "--store", sharded, env={"WRITE_LOG": str(logs[1])})
-    assert res.returncode == 0, res.stdout + res.stderr[-4000:]
-    final = [complete_ids(p, ["orandnet"]) for p in shards]
-    assert final[0] | final[1] == set(ids) and not final[0] & final[1] and all(shard_complete(p) for p in shards)
-    assert len(after_kill[1]) < len(final[1])  # rank 1 had been killed before it finished
-    for r in range(2):  # the rerun wrote exactly what was missing, nothing twice
-        assert sorted(written(logs[1], r, "orandnet")) == sorted(final[r] - after_kill[r])
-    assert (f"rank 1: {len(after_kill[1])} of its {len(final[1])} images already have /orandnet "
-            f"(skipped)") in res.stdout + res.stderr
+    def command(self, stage_inputs, tmp, role):
+        return ["predict", "--checkpoint", stage_inputs[2], "--device", "cpu", "--no-progress"]
 
-    res = run("merge", "--from-shards", sharded, "--no-progress")
-    assert res.exit_code == 0, res.output
-    assert f"/orandnet: copied {len(ids)} ids (0 already there)" in res.output
-    assert_same_store(one, sharded, ignore=("command",))
+    def check_killed(self, stage_inputs, scenario):
+        assert 0 < len(scenario.after_kill["orandnet"][1]) <= 3
+
+    def check_rerun(self, stage_inputs, scenario):
+        after, final = scenario.after_kill["orandnet"], scenario.final["orandnet"]
+        assert len(after[1]) < len(final[1])  # rank 1 had been killed before it finished
+        assert (f"rank 1: {len(after[1])} of its {len(final[1])} images already have /orandnet (skipped)"
+                in scenario.rerun.stdout + scenario.rerun.stderr)
+
+
+@pytest.fixture(scope="module")
+def stage_inputs(trained):
+    return trained
 
 
 def test_killed_fuse_rank_reruns_only_its_missing_ids(trained, tmp_path, monkeypatch):

@@ -10,13 +10,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from test_distributed import torchrun
-from helpers import one_torch_thread  # noqa: F401 (fixture)
-from test_orandnet_data import make_tiny_store
+from helpers import make_tiny_store, run, torchrun
+from helpers import one_torch_thread  # noqa: F401 (fixtures)
 from test_orandnet_train import interrupt_after
-from orand_addon.cli import cli
 from orand_addon.orandnet.losses import get_loss
 from orand_addon.orandnet.model import build_model
 from orand_addon.orandnet.train import TrainConfig, train_orandnet
@@ -26,10 +23,6 @@ SETTINGS = dict(iterations=3, lr=0.01, momentum=0.9, weight_decay=5e-4, power=0.
                 arch="fcn8s-same", width_div=8)
 ARGS = ["--iterations", 3, "--lr", 0.01, "--loss", "bg-softmax", "--arch", "fcn8s-same", "--pretrained", "none",
         "--width-div", 8, "--device", "cpu", "--no-progress"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def reference_training(store, global_batch: int, iterations: int, lr: float, momentum: float, weight_decay: float,

@@ -18,8 +18,7 @@ import h5py
 import pytest
 from click.testing import CliRunner
 
-from helpers import write_voc_mini_cams
-from test_distributed import assert_same_store
+from helpers import assert_same_store, write_voc_mini_cams  # noqa: E402,F401
 from orand_addon.cli import cli
 from orand_addon.store.journal import parts_dir, sealed_parts
 from orand_addon.store.store import Store

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from helpers import voc_mini_ids, write_voc_mini_cams
-from orand_addon.cli import cli
+from helpers import run, voc_mini_ids, write_voc_mini_cams  # noqa: E402,F401 (one_process_env: autouse fixture)
 from orand_addon.io.sources import read_cams
 from orand_addon.masks import maps_to_mask
 from orand_addon.store.store import Store
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def _fused(tmp_path):

@@ -10,16 +10,10 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from helpers import JPEG, gt_classes, gt_mask, reference_or_and, voc_mini_ids, write_voc_mini_cams
+from helpers import (gt_classes, gt_mask, JPEG, reference_or_and, run, voc_mini_ids, write_voc_mini_cams)  # noqa: E402,F401 (one_process_env: autouse fixture)
 from orand_addon.fuse import stage as fuse_module
-from orand_addon.cli import cli
 from orand_addon.store.store import Store
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture
@@ -360,13 +354,13 @@ def test_workers_come_from_the_shared_pool_and_progress_from_runtime(amn_mct, mo
 
     def pool(*args, **kwargs):
         pools.append(args[0])
-        return workers.process_executor(*args, **kwargs)
+        return workers.WorkerProcesses(*args, **kwargs)
 
     def bar(*args, **kwargs):
         bars.append(kwargs.get("desc"))
         return progress.progress(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "process_executor", pool)
+    monkeypatch.setattr(engine, "worker_processes", pool)
     monkeypatch.setattr(engine, "progress", bar)
     res = run("fuse", "--cams-a", tmp / "amn", "--cams-b", tmp / "mct", "--out", tmp / "w.h5", "--workers", 2,
               "--no-progress")

@@ -21,7 +21,7 @@ from orand_addon.refine import walk_stage as walk_step  # noqa: E402
 from orand_addon.refine.network import load_trained  # noqa: E402
 from orand_addon.runtime.provenance import file_digest  # noqa: E402
 from orand_addon.store.store import Store  # noqa: E402
-from test_irn_helpers import small_voc, write_store  # noqa: E402
+from helpers import small_voc, write_store  # noqa: E402,F401
 
 TRAIN_ARGS = ["--pretrained", "none", "--backbone", "trainable", "--crop-size", "80", "--batch-size", "2",
               "--max-steps", "1", "--lr", "0.02", "--dp-lr", "0.2"]

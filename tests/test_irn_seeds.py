@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import JPEG, gt_classes, gt_mask, pseudo_cams, voc_mini_ids
+from helpers import gt_classes, gt_mask, JPEG, pseudo_cams, small_voc, voc_mini_ids, write_store  # noqa: E402,F401
 from orand_addon.cli import cli
 from orand_addon.errors import OrandError
 from orand_addon.io.images import load_image, save_label_png
 from orand_addon.refine.seed_stage import import_seed_pngs, make_seeds
 from orand_addon.refine.seeds import CrfParams, SeedOptions
 from orand_addon.store.store import Store
-from test_irn_helpers import small_voc, write_store
 
 
 def irn_rule(maps: np.ndarray, keys: np.ndarray, fg_labels=None, bg_labels=None) -> np.ndarray:
@@ -205,7 +204,7 @@ def test_seeds_of_a_kind_written_again_are_refused_not_mixed(tmp_path, monkeypat
 
 def test_seed_workers_run_in_a_worker_pool_that_leaves_ctrl_c_to_this_process(tmp_path, monkeypatch):
     from orand_addon.engine import stage as engine
-    from orand_addon.runtime.workers import process_executor
+    from orand_addon.runtime.workers import WorkerProcesses
 
     data = small_voc(tmp_path / "img", voc_mini_ids()[:3])
     store = write_store(tmp_path / "s.h5", "or", data)
@@ -213,9 +212,9 @@ def test_seed_workers_run_in_a_worker_pool_that_leaves_ctrl_c_to_this_process(tm
 
     def recording_pool(*args, **kwargs):
         made.append(args)
-        return process_executor(*args, **kwargs)
+        return WorkerProcesses(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "process_executor", recording_pool)
+    monkeypatch.setattr(engine, "worker_processes", recording_pool)
     report = make_seeds(store, "or", tmp_path / "img", options=SeedOptions(crf=CrfParams(iterations=0)), workers=2,
                         progress=False)
     assert [m[0] for m in made] == [2] and report.written == 3

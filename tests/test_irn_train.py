@@ -17,13 +17,14 @@ from orand_addon.errors import Interrupted, OrandError  # noqa: E402
 from orand_addon.refine import train as train_module  # noqa: E402
 from orand_addon.refine.network import load_trained  # noqa: E402
 from orand_addon.refine.data import CropSpec, SeedCrops  # noqa: E402
-from orand_addon.refine.losses import edge_affinity, irn_losses, pair_counts, pair_displacement, pair_labels  # noqa: E402
+from orand_addon.refine.losses import (edge_affinity, irn_losses, pair_counts, pair_displacement, pair_labels)  # noqa: E402
 from orand_addon.refine.paths import path_table  # noqa: E402
 from orand_addon.refine.seed_stage import make_seeds  # noqa: E402
 from orand_addon.refine.seeds import CrfParams, SeedOptions  # noqa: E402
 from orand_addon.refine.train import TrainOptions, build_model, build_optimizer, train_irn, train_step  # noqa: E402
 from orand_addon.runtime.files import load_checkpoint  # noqa: E402
-from test_irn_helpers import small_voc, write_store  # noqa: E402
+from helpers.testers import ResumeTester
+from helpers import small_voc, write_store  # noqa: E402,F401
 
 TINY = TrainOptions(crop_size=64, batch_size=1, epochs=1, lr=0.02, dp_lr=0.2, pretrained="none",
                     backbone="trainable", max_steps=2, radius=5)  # radius 5: pairs in a 64-pixel crop, 4x cheaper
@@ -299,3 +300,27 @@ def test_damaged_checkpoints_are_one_line_errors_naming_the_file(seeded, tmp_pat
     torch.save({"model": [1]}, run / "walk.pt")
     with pytest.raises(OrandError, match=r"walk.pt: not an IRN checkpoint \(no 'model' entry\)$"):
         load_trained(run / "walk.pt", torch.device("cpu"))
+
+
+class TestIrnResume(ResumeTester):
+    module = train_module
+    stop_at = 2
+    interrupted_message = r"IRN training interrupted at step 1/2; saved .*irn_last.pt; the same command resumes"
+
+    def train(self, train_inputs, out, resume):
+        tmp, store, _ = train_inputs
+        return train_irn(store, tmp / "img", out, options=TINY, device="cpu", progress=False, resume=resume)
+
+    def weights(self, out):
+        return load_checkpoint(out / "irn.pt")["model"]
+
+    def losses(self, out):
+        return [h["total"] for h in load_checkpoint(out / "irn.pt")["history"]]
+
+    def check_interrupted(self, train_inputs, out):
+        assert load_checkpoint(out / "irn_last.pt")["step"] == 1
+
+
+@pytest.fixture(scope="module")
+def train_inputs(seeded):
+    return seeded

@@ -16,7 +16,9 @@ from helpers import gt_classes, gt_mask, pseudo_cams, ref_mask, ref_pairs, ref_s
 import orand_addon
 from orand_addon.errors import OrandError
 from orand_addon.masks import maps_to_mask
-from orand_addon.evaluation.functional import (ConfusionAccumulator, ThresholdSweep, best_index, confusion_matrix, parse_sweep, precision_aware_index, segmentation_scores, threshold_buckets)
+from orand_addon.evaluation.functional import (ConfusionAccumulator, ThresholdSweep, best_index, confusion_matrix,
+                                               parse_sweep, precision_aware_index, segmentation_scores,
+                                               threshold_buckets)
 
 C = 21
 

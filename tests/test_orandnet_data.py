@@ -12,45 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from helpers import gt_classes, gt_mask, one_torch_thread, pseudo_cams, voc_mini_ids  # noqa: F401 (fixture)
-from orand_addon.classes import get_class_set, load_labels
+from helpers import add_empty_image, make_tiny_store, voc_mini_ids
+from helpers import one_torch_thread  # noqa: F401 (fixtures)
 from orand_addon.errors import StoreError
-from orand_addon.fuse.stage import FuseOptions, run_fuse
-from orand_addon.io.writers import write_cam
-from orand_addon.orandnet.data import (IterationSampler, OrAndMaps, epoch_permutation, make_loader, sample_index, training_set)
+from orand_addon.orandnet.data import (IterationSampler, OrAndMaps, epoch_permutation, make_loader, sample_index,
+                                       training_set)
 from orand_addon.store.store import Store
-
-SHRINK = 8
-
-
-def small_mask(image_id: str, shrink: int = SHRINK) -> np.ndarray:
-    mask = gt_mask(image_id)
-    h, w = mask.shape
-    return np.asarray(Image.fromarray(mask).resize((w // shrink, h // shrink), Image.NEAREST))
-
-
-def make_tiny_store(root: Path, ids: list[str] | None = None, kinds: str = "or,and") -> Path:
-    """A store with ``or``/``and`` (float32) of tiny VOC-mini pseudo-CAMs, fused by ``run_fuse``."""
-    ids = ids or voc_mini_ids()
-    for n, image_id in enumerate(ids):
-        mask = small_mask(image_id)
-        keys = gt_classes(mask)
-        write_cam(root / "irn", image_id, "irn", keys, pseudo_cams(mask, keys, seed=n, blur=2))
-        write_cam(root / "mct", image_id, "mctformer", keys, pseudo_cams(mask, keys, seed=100 + n, blur=4))
-    voc = get_class_set("voc")
-    out = root / "tiny.h5"
-    run_fuse([root / "irn", root / "mct"], out, voc, load_labels(None, voc),
-             FuseOptions(kinds=tuple(kinds.split(",")), dtype="float32"), ids=ids, progress=False)
-    return out
-
-
-def add_empty_image(store_path: Path, image_id: str = "2099_000001", shape: tuple[int, int] = (40, 50)) -> str:
-    with Store(store_path, mode="a") as s:
-        for kind in ("or", "and"):
-            s.write_maps(kind, image_id, np.zeros((0, *shape), np.float32), keys=[])
-    return image_id
 
 
 @pytest.fixture(scope="module")

@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
+from helpers import reference_bg_softmax, reference_official  # noqa: E402
+
 import numpy as np
 import pytest
 import torch
 
 from orand_addon.errors import OrandError
 from orand_addon.orandnet.losses import LOSSES, get_loss
-
-
-def log_softmax(x: np.ndarray, axis: int = 0) -> np.ndarray:
-    m = x.max(axis=axis, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
-
-
-def reference_official(logits: np.ndarray, target: np.ndarray) -> float:
-    """Mean over pixels of -sum_k AND_k * log softmax_k(logits)."""
-    return float(-(target * log_softmax(logits)).sum(axis=0).mean())
-
-
-def reference_bg_softmax(logits: np.ndarray, target: np.ndarray) -> float:
-    z = np.concatenate([np.zeros_like(logits[:1]), logits])
-    t = np.concatenate([1 - target.max(axis=0, keepdims=True), target])
-    return float(-(t * log_softmax(z)).sum(axis=0).mean())
 
 
 def reference_bce(logits: np.ndarray, target: np.ndarray) -> float:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import one_torch_thread  # noqa: F401 (autouse fixture)
+from helpers import one_torch_thread  # noqa: F401 (fixtures)
 from orand_addon.errors import OrandError
 from orand_addon.orandnet.model import FCN8s, build_model, load_backbone, vgg16_to_fcn
 

@@ -10,20 +10,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from click.testing import CliRunner
 
-from helpers import one_torch_thread, voc_mini_ids  # noqa: F401 (fixture)
-from test_orandnet_data import add_empty_image, make_tiny_store
-from orand_addon.cli import cli
+from helpers import add_empty_image, make_tiny_store, run, voc_mini_ids
+from helpers import one_torch_thread  # noqa: F401 (fixtures)
 from orand_addon.orandnet import predict as predict_module
 from orand_addon.orandnet.model import FCN8s, load_orandnet
 from orand_addon.store.store import Store
 
 TINY_ARGS = ["--no-progress", "--device", "cpu"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,10 @@ import signal
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from helpers import one_torch_thread, voc_mini_ids  # noqa: F401 (fixture)
-from test_orandnet_data import add_empty_image, make_tiny_store
-from test_orandnet_losses import reference_bg_softmax, reference_official
-from orand_addon.cli import cli
+from helpers.testers import ResumeTester
+from helpers import add_empty_image, make_tiny_store, reference_bg_softmax, reference_official, run, voc_mini_ids
+from helpers import one_torch_thread  # noqa: F401 (fixtures)
 from orand_addon.orandnet import train as train_module
 from orand_addon.orandnet.data import OrAndMaps
 from orand_addon.orandnet.losses import get_loss
@@ -31,10 +29,6 @@ MULTI = "2011_000006"  # 3 classes
 SINGLE = "2007_000033"  # 1 class
 TINY = dict(pretrained="none", width_div=8, progress=False)
 TINY_ARGS = ["--pretrained", "none", "--width-div", "8", "--no-progress", "--device", "cpu"]
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +187,27 @@ def test_help_has_examples_and_lists_every_loss_and_arch():
     assert res.exit_code == 0
     assert "orand-addon train --store fused.h5 --out runs/orandnet --resume" in res.output
     assert "bg-softmax" in res.output and "--checkpoint-every" in res.output
+
+
+class TestOrandnetResume(ResumeTester):
+    module = train_module
+    stop_at = 3
+    interrupted_message = r"interrupted at iteration 2 of 5; saved .*last.pt; continue with the same command and --resume"
+
+    def train(self, train_inputs, out, resume):
+        config = TrainConfig(iterations=5, lr=0.01, loss="bg-softmax", checkpoint_every=100, **TINY)
+        return train_orandnet(train_inputs, out, config, resume=resume, echo=lambda _: None)
+
+    def weights(self, out):
+        return torch.load(out / "last.pt", weights_only=True)["model"]
+
+    def losses(self, out):
+        return torch.load(out / "last.pt", weights_only=True)["history"]
+
+    def check_interrupted(self, train_inputs, out):
+        assert torch.load(out / "last.pt", weights_only=True)["iteration"] == 2
+
+
+@pytest.fixture(scope="module")
+def train_inputs(store):
+    return store

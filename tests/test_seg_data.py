@@ -11,49 +11,13 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import VOC_MINI
+from helpers import CLASS_COLOURS, tiny_voc  # noqa: E402
 from orand_addon.classes import VOC_CLASSES
 from orand_addon.cli import cli
 from orand_addon.io.images import load_label_png, save_label_png
-from orand_addon.segment.data import (IMAGENET_MEAN, IMAGENET_STD, MaskReader, TrainPairs, downsample_pair, parse_mask_source, random_scale_crop_flip)
+from orand_addon.segment.data import (IMAGENET_MEAN, IMAGENET_STD, MaskReader, TrainPairs, downsample_pair,
+                                      parse_mask_source, random_scale_crop_flip)
 from orand_addon.store.store import Store
-
-
-# Random colours: unlike the bit-structured VOC palette, a mean of several of them is never another one.
-CLASS_COLOURS = np.random.default_rng(7).integers(20, 236, (256, 3)).astype(np.uint8)
-
-
-def voc_pairs() -> list[tuple[str, Path, Path]]:
-    """(id, image, label PNG) of the 11 VOC-mini JPEGs and the 14 voc513 PNG images."""
-    pairs = [(p.stem, p, VOC_MINI / "SegmentationClassAug" / f"{p.stem}.png")
-             for p in sorted((VOC_MINI / "JPEGImages").glob("*.jpg"))]
-    pairs += [(p.stem, p, VOC_MINI / "voc513" / "SegmentationClassAug" / p.name)
-              for p in sorted((VOC_MINI / "voc513" / "images").glob("*.png"))]
-    seen: set[str] = set()
-    return [x for x in pairs if not (x[0] in seen or seen.add(x[0]))]
-
-
-def tiny_voc(folder: Path, side: int = 40, n: int | None = None, colour_coded: bool = False) -> dict:
-    """Real VOC images + official masks downsized to ``side`` px (longest side): ``images/``, ``masks/`` (PNG),
-    ``masks.h5`` (store group ``masks``), ``list.txt``. ``colour_coded``: each pixel painted with its class's
-    colour in :data:`CLASS_COLOURS`, so image colours say which class a pixel has."""
-    images, masks = folder / "images", folder / "masks"
-    images.mkdir(parents=True, exist_ok=True)
-    masks.mkdir(exist_ok=True)
-    ids = []
-    with Store(folder / "masks.h5", "a", class_names=VOC_CLASSES) as store:
-        for image_id, image_path, label_path in voc_pairs()[:n]:
-            im = Image.open(image_path).convert("RGB")
-            scale = side / max(im.size)
-            size = (max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale)))
-            mask = np.asarray(Image.fromarray(load_label_png(label_path)).resize(size, Image.NEAREST))
-            rgb = CLASS_COLOURS[mask] if colour_coded else np.asarray(im.resize(size, Image.BILINEAR))
-            Image.fromarray(rgb).save(images / f"{image_id}.png")
-            save_label_png(masks / f"{image_id}.png", mask)
-            store.write_mask("masks", image_id, mask)
-            ids.append(image_id)
-    (folder / "list.txt").write_text("\n".join(ids) + "\n")
-    return {"images": images, "masks": masks, "store": folder / "masks.h5", "list": folder / "list.txt", "ids": ids}
 
 
 def decode_colours(image_chw: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 
 from orand_addon.cli import cli
 from orand_addon.errors import OrandError
-from orand_addon.segment.schedule import (check_fits, factor_for_epoch, format_schedule, parse_schedule, schedule_length)
+from orand_addon.segment.schedule import (check_fits, factor_for_epoch, format_schedule, parse_schedule,
+                                          schedule_length)
 
 
 def table(ranges: list[tuple[int, int, int]], epochs: int) -> list[int]:

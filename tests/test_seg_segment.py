@@ -11,7 +11,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from helpers import one_torch_thread  # noqa: F401 (fixture)
+from helpers import tiny_voc
+from helpers import one_torch_thread  # noqa: F401 (fixtures)
 from orand_addon.cli import cli
 from orand_addon.errors import OrandError
 from orand_addon.io.images import load_image, load_label_png
@@ -19,7 +20,6 @@ from orand_addon.segment.infer import dense_crf, load_segmenter, predict_probs
 from orand_addon.segment.stage import SegmentConfig, segment_images
 from orand_addon.segment.train import SegTrainConfig, train_segmentation
 from orand_addon.store.store import Store
-from test_seg_data import tiny_voc
 
 
 @pytest.fixture(scope="module")

@@ -11,24 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from test_distributed import DIST_ENV, assert_same_store, torchrun
-from test_distributed_seg import HOOK
-from test_distributed_shards import complete_ids, shard_complete, written
-from helpers import one_torch_thread  # noqa: F401 (fixture)
-from test_seg_data import tiny_voc
-from orand_addon.cli import cli
+from helpers import assert_same_store, complete_ids, run, tiny_voc, written
+from helpers import one_process_env, one_torch_thread  # noqa: F401 (fixtures)
+from helpers.testers import KilledRankTester
 from orand_addon.runtime.distributed import shard
 from orand_addon.store.shards import shard_path
 from orand_addon.io.images import load_label_png
 from orand_addon.segment.train import SegTrainConfig, train_segmentation
 
 SCORES = ("miou", "mean_precision", "mean_recall", "iou")
-
-
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def segment_args(trained: tuple, out: Path, store: Path, *extra) -> list:
@@ -43,12 +35,6 @@ def assert_same_pngs(a: Path, b: Path, ids: list[str]) -> None:
     assert (a / "segment.json").read_text() == (b / "segment.json").read_text()
     for image_id in ids:
         np.testing.assert_array_equal(load_label_png(a / f"{image_id}.png"), load_label_png(b / f"{image_id}.png"))
-
-
-@pytest.fixture(autouse=True)
-def one_process_env(monkeypatch):
-    for key in DIST_ENV:
-        monkeypatch.delenv(key, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -104,39 +90,48 @@ def test_ranks_write_shards_and_pngs_that_merge_into_the_one_process_run(trained
                           "out --gt and score the result afterwards (orand-addon evaluate --pred ... --gt ...)\n")
 
 
-def test_killed_rank_reruns_only_its_missing_ids_and_rank_0_reports_the_one_process_scores(trained, one, tmp_path):
-    ids = trained[0]["ids"]
-    out, store, scores = tmp_path / "pred", tmp_path / "seg.h5", tmp_path / "scores.json"
-    shards = [shard_path(store, r, 2) for r in range(2)]
-    args = segment_args(trained, out, store, "--gt", trained[0]["masks"], "--json", scores)
-    logs = [tmp_path / "log1", tmp_path / "log2"]
-    for log in logs:
-        log.mkdir()
+class TestKilledSegmentRank(KilledRankTester):
+    """With --gt: the rerun's rank 0 reports the scores of every id once, equal to the one-process run's."""
 
-    res = torchrun(HOOK, *args, env={"WRITE_LOG": str(logs[0]), "KILL_RANK": "1", "KILL_AFTER": "2"})
-    assert res.returncode != 0 and not scores.exists()
-    after_kill = [complete_ids(p, ["seg"]) for p in shards]
-    assert 0 < len(after_kill[1]) <= 2 and not shard_complete(shards[1])
-    res_merge = run("merge", "--from-shards", store, "--no-progress")
-    assert res_merge.exit_code == 2, res_merge.output  # rank 1, or rank 0 stopped too (perhaps before its shard)
-    assert ("incomplete shard (rank" in res_merge.output or
-            f"shard 0 of 2 ({shards[0].name}) is missing" in res_merge.output), res_merge.output
+    groups, kill_kind, kill_after = ("seg",), "seg", 2
 
-    res = torchrun(HOOK, *args, env={"WRITE_LOG": str(logs[1])})
-    assert res.returncode == 0, res.stdout + res.stderr[-4000:]
-    final = [complete_ids(p, ["seg"]) for p in shards]
-    assert final == [set(shard(ids, r, 2)) for r in range(2)] and all(shard_complete(p) for p in shards)
-    for r in range(2):  # the rerun wrote exactly what was missing, nothing twice
-        assert sorted(written(logs[1], r, "seg")) == sorted(final[r] - after_kill[r])
-        assert sorted(written(logs[1], r, "png")) == sorted(final[r] - after_kill[r])
-    assert (f"rank 1 of 2: segmented {4 - len(after_kill[1])} images ({len(after_kill[1])} already done)"
-            in res.stdout)
-    assert res.stdout.count("mIoU") == 1  # rank 0 reports once, for every id
-    reference = json.loads((one / "scores.json").read_text())
-    assert {k: v for k, v in json.loads(scores.read_text()).items() if k in SCORES} == \
-           {k: reference[k] for k in SCORES}
+    def input_store(self, stage_inputs):
+        return stage_inputs[1] / "empty.h5"
 
-    res = run("merge", "--from-shards", store, "--no-progress")
-    assert res.exit_code == 0 and "/seg: copied 8 ids (0 already there)" in res.output
-    assert_same_store(one / "seg.h5", store, ignore=("command",))
-    assert_same_pngs(one / "pred", out, ids)
+    def command(self, stage_inputs, tmp, role):
+        (tiny, ckpt), _ = stage_inputs
+        return ["segment", "--checkpoint", ckpt, "--images", tiny["images"], "--ids", tiny["list"], "--out",
+                tmp / role / "pred", "--scales", "0.75,1.0", "--device", "cpu", "--no-progress", "--gt",
+                tiny["masks"], "--json", tmp / role / "scores.json"]
+
+    def check_killed(self, stage_inputs, scenario):
+        assert 0 < len(scenario.after_kill["seg"][1]) <= 2
+        assert not (scenario.sharded.parent / "sharded" / "scores.json").exists()
+
+    def check_rerun(self, stage_inputs, scenario):
+        (tiny, _), _ = stage_inputs
+        after, final = scenario.after_kill["seg"], scenario.final["seg"]
+        assert final == [set(shard(tiny["ids"], r, 2)) for r in range(2)]
+        for r in range(2):  # the PNGs too: exactly the missing ones
+            assert sorted(written(scenario.logs[1], r, "png")) == sorted(final[r] - after[r])
+        assert f"rank 1 of 2: segmented {4 - len(after[1])} images ({len(after[1])} already done)" in \
+            scenario.rerun.stdout
+        assert scenario.rerun.stdout.count("mIoU") == 1  # rank 0 reports once, for every id
+        tmp = scenario.sharded.parent
+        reference = json.loads((tmp / "one" / "scores.json").read_text())
+        scores = json.loads((tmp / "sharded" / "scores.json").read_text())
+        assert {k: v for k, v in scores.items() if k in SCORES} == {k: reference[k] for k in SCORES}
+        assert_same_pngs(tmp / "one" / "pred", tmp / "sharded" / "pred", tiny["ids"])
+
+
+@pytest.fixture(scope="module")
+def stage_inputs(trained, tmp_path_factory):
+    """The trained model, and an empty store with the model's classes for the masks."""
+    from orand_addon.classes import VOC_CLASSES
+    from orand_addon.store.store import Store
+
+    root = tmp_path_factory.mktemp("seg_inputs")
+    Store(root / "empty.h5", mode="a", class_names=VOC_CLASSES).close()
+    return trained, root
+
+

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from helpers import one_torch_thread  # noqa: F401 (fixture)
+from helpers.testers import ResumeTester
+from helpers import tiny_voc
+from helpers import one_torch_thread  # noqa: F401 (fixtures)
 from orand_addon.cli import cli
 from orand_addon.errors import Interrupted, OrandError
 from orand_addon.io.images import load_image, load_label_png
@@ -20,7 +22,6 @@ from orand_addon.segment.data import normalize
 from orand_addon.segment.infer import load_segmenter
 from orand_addon.segment.models import build_model, param_groups
 from orand_addon.segment.train import SegTrainConfig, train_segmentation
-from test_seg_data import tiny_voc
 
 
 @pytest.fixture(scope="module")
@@ -341,3 +342,28 @@ def test_checkpoints_keep_the_gpu_rng_states_when_cuda_is_in_use(tmp_path, monke
                {}, {})
     saved = torch.load(tmp_path / "last.pt", weights_only=True)["rng"]
     assert torch.equal(saved["torch"], torch.get_rng_state()) and [t.tolist() for t in saved["cuda"]] == [[7, 7]]
+
+
+class TestDeepLabResume(ResumeTester):
+    module = train_module
+    stop_at = 4
+    interrupted_message = r"interrupted at epoch 2, step 1; .*last.pt saved, rerun with --resume to continue"
+
+    def train(self, train_inputs, out, resume):
+        return train_segmentation(config(train_inputs, out, scale_schedule="2:1", loss="balanced-ls-ce",
+                                         resume=resume))
+
+    def weights(self, out):
+        return torch.load(out / "model.pt", weights_only=True)["model"]
+
+    def losses(self, out):
+        return [float(r["loss"]) for r in read_log(out)]
+
+    def check_interrupted(self, train_inputs, out):
+        saved = torch.load(out / "last.pt", weights_only=True)
+        assert (saved["position"]["epoch"], saved["position"]["batch"]) == (1, 1)
+
+
+@pytest.fixture(scope="module")
+def train_inputs(tiny):
+    return tiny

@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import voc_mini_ids, write_voc_mini_cams
-from test_distributed import assert_same_store
+from helpers import assert_same_store, voc_mini_ids, write_voc_mini_cams  # noqa: E402,F401
 from orand_addon.cli import cli
 from orand_addon.errors import StoreError
 from orand_addon.store import wal

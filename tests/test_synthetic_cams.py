@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import one_torch_thread  # noqa: F401 (fixture)
+from helpers import one_torch_thread  # noqa: F401 (fixtures)
 from orand_addon.cli import cli
 from orand_addon.errors import OrandError
 from orand_addon.io.safe_pickle import safe_load_npy

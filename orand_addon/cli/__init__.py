@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from ..errors import OrandError, one_line
+from ..runtime.threads import passive_openmp
 
 # command name -> "module:attribute" (modules relative to this package)
 COMMANDS: dict[str, str] = {
@@ -133,6 +134,7 @@ TRACEBACK_ENV = "ORAND_ADDON_TRACEBACK"
 
 
 def main(argv: list[str] | None = None) -> None:
+    passive_openmp()  # before torch is imported: idle OpenMP threads sleep instead of spinning (runtime/threads.py)
     try:
         cli.main(args=argv, prog_name="orand-addon")
     except Exception as exc:  # not bad input (that is an OrandError): a bug, still one line unless asked

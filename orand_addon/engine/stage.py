@@ -27,7 +27,6 @@ A stage (fuse, predict, seeds, walk, segment) is a short subclass of :class:`Sta
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import multiprocessing.util
 import os
@@ -42,8 +41,9 @@ from ..errors import Interrupted, OrandError, StoreError
 from ..runtime.distributed import DistInfo, shard
 from ..runtime.interrupts import InterruptFlag, deferred_interrupt
 from ..runtime.memory import release_memory
-from ..runtime.workers import process_executor
+from ..runtime.workers import WorkerDied, WorkerProcesses as worker_processes
 from ..runtime.progress import progress
+from ..runtime.threads import FairThreads
 from ..runtime.provenance import normalize, parameter_diff
 from ..store.journal import (SEAL_EVERY, GroupRecord, PartWriter, discard_open_parts, merge_parts, os_reason,
                              sealed_parts, writing)
@@ -436,9 +436,11 @@ def _inline(stage: Stage, todo: Sequence[tuple[tuple[str, ...], tuple[str, ...]]
     """Compute in this process; what is written is sealed whatever stops the loop."""
     writer = spec.writer(f"{stage.name}-{os.getpid()}")
     stage.setup()
+    threads = FairThreads()
     try:
         for n, (unit, skip) in enumerate(todo, 1):
             yield from _compute_unit(stage, unit, skip, writer, spec.dtype)
+            threads.update()
             if n % TRIM_EVERY == 0:
                 release_memory()
     finally:
@@ -473,50 +475,24 @@ def _work(task: tuple[tuple[str, ...], tuple[str, ...]]) -> list[tuple] | OrandE
 
 def _in_workers(stage: Stage, units: Sequence[tuple[tuple[str, ...], tuple[str, ...]]], spec: _WriterSpec,
                 workers: int) -> Iterator[tuple]:
-    """Compute in ``workers`` processes, at most two units each in flight; results in completion order."""
-    pool = process_executor(workers, _init_worker, (stage, spec))
-    pending: dict[cf.Future, tuple] = {}
-    queue = iter(units)
-    broken = False
+    """Compute in ``workers`` processes (:class:`~orand_addon.runtime.workers.WorkerProcesses`, at most two units
+    each in flight); results in completion order. On success or Ctrl-C the workers finish their unit and seal their
+    part; a worker that dies ends the run with one line (the others are stopped, what they sealed is kept)."""
+    pool = worker_processes(workers, _work, _init_worker, (stage, spec))
     try:
-        for unit in _take(queue, 2 * workers):
-            pending[pool.submit(_work, unit)] = unit
-        while pending:
-            finished, _ = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
-            for future in finished:
-                unit, _ = pending.pop(future)
-                try:
-                    out = future.result()
-                except cf.process.BrokenProcessPool:
-                    broken = True
-                    raise OrandError(f"a worker process died while computing {', '.join(unit[:3])} (killed, or out "
-                                     f"of memory?); the finished images are kept and the same command resumes") from None
-                if isinstance(out, OrandError):
-                    raise out
-                yield from out
-                for nxt in _take(queue, 1):
-                    pending[pool.submit(_work, nxt)] = nxt
-    finally:
-        for future in pending:
-            future.cancel()
-        if broken:
-            _kill_workers(pool)
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _take(iterator: Iterator, n: int) -> list:
-    out = []
-    for item in iterator:
-        out.append(item)
-        if len(out) >= n:
-            break
-    return out
-
-
-def _kill_workers(pool: cf.ProcessPoolExecutor) -> None:
-    for process in list(getattr(pool, "_processes", {}).values()):
-        with contextlib.suppress(Exception):
-            process.kill()
+        for (unit, _), out in pool.imap_unordered(units):
+            if isinstance(out, OrandError):
+                raise out
+            yield from out
+    except WorkerDied as died:
+        pool.kill()
+        unit = died.task[0] if died.task else ()
+        raise OrandError(f"a worker process died while computing {', '.join(unit[:3]) or 'its images'} (killed, or "
+                         f"out of memory?); the finished images are kept and the same command resumes") from None
+    except BaseException:
+        pool.close(timeout=30)
+        raise
+    pool.close()
 
 
 # -- torchrun ranks --------------------------------------------------------------------------------------------

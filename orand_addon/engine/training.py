@@ -35,6 +35,7 @@ from ..runtime.distributed import DistInfo, any_rank
 from ..runtime.interrupts import deferred_interrupt
 from ..runtime.progress import progress
 from ..runtime.seeding import rng_state, set_rng_state
+from ..runtime.threads import FairThreads
 
 if TYPE_CHECKING:  # torch is imported inside the functions: ``--help`` stays fast
     import torch
@@ -130,6 +131,7 @@ class TrainingLoop:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def __enter__(self) -> "TrainingLoop":
+        self._threads = FairThreads() if self.device.type == "cpu" else None
         self._bar = progress(total=self.total, initial=self.start, desc=self.desc, unit=self.unit,
                              enabled=self.show_progress)
         try:
@@ -154,6 +156,7 @@ class TrainingLoop:
 
     _in_step = False
     _committed = False
+    _threads: FairThreads | None = None
 
     # -- one step ----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -193,6 +196,8 @@ class TrainingLoop:
     def done(self, n: int = 1, **postfix: str) -> None:
         """After a finished step: progress, and once the first steps are timed the cost line."""
         self._times.append(time.perf_counter() - self._step_started)
+        if self._threads is not None:
+            self._threads.update()
         if self._bar is not None:
             self._bar.update(n)
             if postfix:

@@ -21,7 +21,8 @@ from ..classes import ClassSet, ImageLabels, get_class_set
 from ..errors import Interrupted, OrandError
 from ..runtime.progress import progress as progress_bar
 from ..runtime.workers import worker_pool
-from .functional import (UNSURE_POLICIES, ConfusionAccumulator, ThresholdSweep, best_index, parse_sweep, precision_aware_index, segmentation_scores)
+from .functional import (UNSURE_POLICIES, ConfusionAccumulator, ThresholdSweep, best_index, parse_sweep,
+                         precision_aware_index, segmentation_scores)
 from .predictions import GroundTruth, Prediction, PredSpec, open_prediction, resize_prediction
 
 DEFAULT_BG_THRES = 0.15

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import traceback
 from collections import deque
 from multiprocessing.pool import AsyncResult, Pool
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 if TYPE_CHECKING:
-    import concurrent.futures
+    import multiprocessing.connection
     import multiprocessing.pool
 
 
@@ -85,20 +86,134 @@ def bounded_map(pool: Pool | None, fn: Callable[[T], R], items: Iterable[T], win
         yield pending.popleft().get()
 
 
-def process_executor(processes: int, initializer: Callable[..., None] | None = None,
-                     initargs: Sequence[Any] = ()) -> "concurrent.futures.ProcessPoolExecutor":
-    """A ``ProcessPoolExecutor`` of ``processes`` workers started as :func:`worker_pool`'s (forkserver, never fork;
-    Ctrl-C ignored: the main process stops them). Unlike a ``multiprocessing`` pool it notices a worker that dies
-    (``BrokenProcessPool``) instead of waiting for it forever.
+class WorkerDied(Exception):
+    """A worker process ended without answering (killed, out of memory): ``task`` was its task, if any."""
 
-    >>> with process_executor(1) as pool:
-    ...     pool.submit(signal.getsignal, signal.SIGINT).result() == signal.SIG_IGN
-    True
+    def __init__(self, pid: int, exitcode: int | None, task: Any):
+        super().__init__(f"worker {pid} ended (exit code {exitcode})")
+        self.pid, self.exitcode, self.task = pid, exitcode, task
+
+
+def _worker_main(conn: "multiprocessing.connection.Connection", function: Callable[[Any], Any],
+                 initializer: Callable[..., None] | None, initargs: Sequence[Any]) -> None:
+    ignore_sigint()
+    if initializer is not None:
+        initializer(*initargs)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):  # the main process is gone
+            return
+        if task is None:
+            return
+        try:
+            result = function(task)
+        except Exception:  # a bug: its traceback goes to the main process, which raises it
+            result = _Failure(traceback.format_exc())
+        conn.send(result)
+
+
+class _Failure:
+    """An unexpected exception in a worker, carried to the main process as its traceback text."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+class WorkerProcesses:
+    """``processes`` worker processes, each with a pipe of its own (no shared queue or lock: a worker that dies
+    cannot leave the others or the main process waiting on it). Started like :func:`worker_pool`'s (forkserver,
+    never fork; Ctrl-C ignored: the main process stops them).
+
+    :meth:`imap_unordered` hands out tasks (at most ``window`` per worker in flight) and yields ``(task, result)`` as
+    they finish; a worker that dies raises :class:`WorkerDied` at once. :meth:`close` lets the workers finish their
+    task and exit normally (their ``multiprocessing.util.Finalize`` callbacks run); :meth:`kill` ends them now.
+
+    >>> with WorkerProcesses(2, abs) as workers:
+    ...     sorted(r for _, r in workers.imap_unordered([-1, -2, 3]))
+    [1, 2, 3]
     """
-    import concurrent.futures
-    import multiprocessing as mp
 
-    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-    return concurrent.futures.ProcessPoolExecutor(processes, mp_context=mp.get_context(method),
-                                                  initializer=_init_pool_worker,
-                                                  initargs=(initializer, tuple(initargs)))
+    def __init__(self, processes: int, function: Callable[[Any], Any], initializer: Callable[..., None] | None = None,
+                 initargs: Sequence[Any] = ()):
+        import multiprocessing as mp
+
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        ctx = mp.get_context(method)
+        self.workers: list[tuple[Any, Any]] = []
+        for _ in range(max(1, processes)):
+            parent, child = ctx.Pipe()
+            process = ctx.Process(target=_worker_main, args=(child, function, initializer, tuple(initargs)),
+                                  daemon=True)
+            process.start()
+            child.close()
+            self.workers.append((process, parent))
+
+    def __enter__(self) -> "WorkerProcesses":
+        return self
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.kill()
+
+    def imap_unordered(self, tasks: Iterable[Any], window: int = 2) -> Iterator[tuple[Any, Any]]:
+        from multiprocessing.connection import wait
+
+        todo = iter(tasks)
+        in_flight: dict[int, list[Any]] = {i: [] for i in range(len(self.workers))}
+        exhausted = False
+
+        def feed(i: int) -> None:
+            nonlocal exhausted
+            while not exhausted and len(in_flight[i]) < window:
+                task = next(todo, _END)
+                if task is _END:
+                    exhausted = True
+                    return
+                self.workers[i][1].send(task)
+                in_flight[i].append(task)
+
+        for i in range(len(self.workers)):
+            feed(i)
+        while any(in_flight.values()):
+            conns = {self.workers[i][1]: i for i, queued in in_flight.items() if queued}
+            for conn in wait(list(conns)):
+                i = conns[conn]
+                try:
+                    result = conn.recv()
+                except (EOFError, OSError):
+                    process = self.workers[i][0]
+                    process.join(timeout=5)
+                    raise WorkerDied(process.pid, process.exitcode, in_flight[i][0]) from None
+                if isinstance(result, _Failure):
+                    raise RuntimeError(f"a worker process failed:\n{result.text}")
+                yield in_flight[i].pop(0), result
+                feed(i)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Ask every worker to stop after its current task and wait for them (killing any that does not stop)."""
+        for process, conn in self.workers:
+            try:
+                conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for process, conn in self.workers:
+            process.join(timeout)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            conn.close()
+
+    def kill(self) -> None:
+        """End every worker now."""
+        for process, conn in self.workers:
+            if process.is_alive():
+                process.kill()
+        for process, conn in self.workers:
+            process.join()
+            conn.close()
+
+
+_END = object()
