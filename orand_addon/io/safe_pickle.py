@@ -220,7 +220,9 @@ def check_torch_storage(data: bytes) -> None:
     _PlainUnpickler(stream, encoding="latin1").load()  # system info
     declared = _StorageIds(stream)
     declared.load()
-    _PlainUnpickler(stream, encoding="latin1").load()  # storage keys
+    keys = _PlainUnpickler(stream, encoding="latin1").load()
+    if not isinstance(keys, list):
+        _refuse("a tensor storage without its list of storage keys")
     sizes: dict[Any, int] = {}
     for pid in declared.ids:
         if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] in ("storage", b"storage")
@@ -230,7 +232,7 @@ def check_torch_storage(data: bytes) -> None:
             sizes[pid[2]] = pid[4] * pid[1].element
         except TypeError:
             _refuse("a tensor storage with an unhashable key")
-    total, held = sum(sizes.values()), len(data) - stream.tell()
+    total, held = sum(sizes.values()), len(data) - stream.tell() - 8 * len(keys)  # each storage: its size, its bytes
     if total > held:
         _refuse(f"a tensor storage that declares {human(total)} but holds {human(held)}")
     check_cost("a tensor storage", total)

@@ -26,6 +26,7 @@ from .formats import CAM_FORMATS, CamRecord, get_format, structural_candidates
 from .safe_pickle import safe_load_npy, safe_load_npz
 
 DETECTION_SAMPLE = 16
+NOTHING_READ = "no sampled file could be read"
 
 
 def cam_files(folder: Path) -> list[Path]:
@@ -135,7 +136,7 @@ def detect_format(files: list[Path], ids: list[str], labels: ImageLabels | None 
         if cands == ["mctformer", "crf-dict"] or cands == ["mctformer"]:
             objs.append((image_id, obj))
     if not seen:
-        return Detection(None, [], "no sampled file could be read", problems)
+        return Detection(None, [], NOTHING_READ, problems)
     if len(seen) > 1 and not set(seen) <= {"mctformer", "mctformer/crf-dict"}:
         detail = "; ".join(f"{k}: {', '.join(v[:3])}" for k, v in seen.items())
         return Detection(None, sorted(seen), f"files of different layouts ({detail})", problems)
@@ -164,6 +165,8 @@ class CamSource(Mapping):
         self.files: dict[str, Path] = dict(zip(stems, files))
         if format == "auto":
             det = detect_format(files, stems, labels)
+            if det.format is None and det.reason == NOTHING_READ:
+                raise FormatError(det.problems[0])  # why the (first) file was refused names it
             if det.format is None:
                 hint = (f"name it with --format-a/--format-b (fuse) or --format: {' or '.join(det.candidates)}"
                         if det.candidates else f"'orand-addon inspect {self.path}' shows what it found")
