@@ -293,3 +293,70 @@ def test_the_limit_is_raised_or_lowered_by_the_documented_option_and_variable(du
     res = CliRunner().invoke(cli, [*args, "--out", tmp_path / "d.h5"])
     assert res.exit_code == 2 and res.output == ("orand-addon: error: ORAND_ADDON_MAX_INPUT_MB='lots': expected a "
                                                  "number of megabytes of at least 1, e.g. 1024\n")
+
+
+# -- writing: never through a symlink in the output folder ---------------------------------------------------------
+
+def test_export_and_reports_never_write_through_a_symlink_in_their_output_folder(tmp_path):
+    store = tmp_path / "s.h5"
+    assert CliRunner().invoke(cli, ["fuse", "--cams-a", *fused_sources(tmp_path), "--out", store,
+                                    "--no-progress"]).exit_code == 0
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    planted = {"lists": ["or_ids.txt", "cls_labels.npy"], "png": [f"{VICTIM}.png"], "irn": [f"{VICTIM}.npy"],
+               "report": ["index.html", "eval_classes.png"]}
+    for folder, names in planted.items():
+        (tmp_path / folder).mkdir()
+        for name in names:
+            (tmp_path / folder / name).symlink_to(victim)
+    for target in ("lists", "png", "irn"):
+        res = CliRunner().invoke(cli, ["export", "--store", store, "--kind", "or", "--to", target, "--bg-thres", "0.3",
+                                       "--out", tmp_path / target, "--no-progress"])
+        assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["evaluate", "--pred", f"{store}:or", "--gt", GT, "--report", tmp_path / "report",
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert victim.read_text() == "precious"
+    for folder, names in planted.items():
+        for name in names:
+            assert not (tmp_path / folder / name).is_symlink() and (tmp_path / folder / name).stat().st_size > 0
+        assert not [p for p in (tmp_path / folder).iterdir() if p.name.endswith(".tmp")]
+    assert (tmp_path / "lists" / "or_ids.txt").read_text().split() == IDS
+
+
+# -- messages that must not mislead ---------------------------------------------------------------------------------
+
+def test_checkpoints_refused_by_weights_only_loading_say_so_in_one_line_without_torch_warnings(tmp_path):
+    """A real torch.save archive (pickle protocol 5, a numpy array) is refused as such, not called "not a torch.save
+    file"; a TorchScript archive is named; torch's own warnings about the file are not printed before the line."""
+    archive = tmp_path / "protocol5.pt"
+    torch.save({"model": torch.zeros(2), "mean": np.zeros(3)}, archive, pickle_protocol=5)
+    script = tmp_path / "script.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), script)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"garbage")
+    expected = {
+        archive: f"{archive}: refused to load checkpoint: a torch.save file that weights-only loading cannot read "
+                 f"(Unsupported operand 149; nothing from the file was run)",
+        script: f"{script}: a TorchScript archive (torch.jit.save), not a torch.save checkpoint",
+        garbage: f"{garbage}: corrupt or unreadable checkpoint (not a torch.save file: Unsupported operand 103)",
+    }
+    (tmp_path / "img").mkdir()
+    for path, line in expected.items():
+        code, stdout, stderr, _ = measured(["segment", "--checkpoint", path, "--images", tmp_path / "img", "--ids",
+                                            "val", "--out", tmp_path / "out", "--no-progress"])
+        assert code == 2 and stdout == ""
+        assert stderr == f"orand-addon: error: {line}\n"
+
+
+def test_inspect_exits_2_when_a_file_was_refused_as_hostile(dumps, tmp_path):
+    folder = hostile_folder(dumps, tmp_path, lambda f: save(f / f"{VICTIM}.npy", amn_dump(tensor_view((3, 3), (3, 1)))))
+    res = CliRunner().invoke(cli, ["inspect", str(folder)])
+    assert res.exit_code == 2
+    lines = res.output.splitlines()
+    assert lines[-3:] == ["problems: 1",
+                          f"  {folder / VICTIM}.npy: refused a pickle holding a 3 x 3 tensor view that reaches element "
+                          f"8 of a storage of 1 (refused before building it)",
+                          f"orand-addon: error: {folder}: 1 of 2 files were refused or could not be read (listed above)"]

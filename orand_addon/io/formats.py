@@ -154,9 +154,9 @@ def _int_keyed_record(obj: dict, source: str, background_key: bool) -> CamRecord
     arrays = [_array(v, source, f"the map of class key {k}") for k, v in items]
     for (k, _), a in zip(items, arrays):
         if a.ndim != 2:
-            raise FormatError(f"{source}: map of class key {k} must be 2-D (H, W), got shape {a.shape}")
+            raise FormatError(f"{source}: the map of class key {k} must be 2-D (H, W), got shape {a.shape}")
         if a.size == 0:
-            raise FormatError(f"{source}: map of class key {k} is empty ({a.shape[0]} x {a.shape[1]})")
+            raise FormatError(f"{source}: the map of class key {k} is empty ({a.shape[0]} x {a.shape[1]})")
     shapes = {a.shape for a in arrays}
     target = max(shapes, key=lambda s: s[0] * s[1])
     check_maps_size(source, (len(arrays), *target), "its maps")

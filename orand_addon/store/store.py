@@ -482,8 +482,8 @@ class Store:
         if finite:
             bad = maps.size - int(np.isfinite(maps).sum())
             if bad:
-                raise StoreError(f"{self.path}: /{kind}/{image_id} holds {bad} non-finite values (NaN/Inf): the store "
-                                 f"was damaged or edited; rewrite /{kind} (its command with --overwrite)")
+                raise StoreError(f"{self.path}: /{kind}/{image_id} holds NaN/Inf ({bad} of {maps.size} values): the "
+                                 f"store was damaged or edited; rewrite /{kind} (its command with --overwrite)")
         return maps, keys
 
     def read_keys(self, kind: str, image_id: str) -> np.ndarray:
