@@ -280,7 +280,7 @@ def check_keys(keys: np.ndarray, class_set: ClassSet, where: str, option: str = 
     >>> check_keys(np.array([0, 18]), ClassSet("three", ("background", "a", "b", "c")), "x.npy")
     Traceback (most recent call last):
     ...
-    orand_addon.errors.OrandError: x.npy: class key 18 is not one of the 3 classes of --classes three (keys 0..2); give the class set the CAMs were made with
+    orand_addon.errors.OrandError: x.npy: class key 18 is not one of the 3 classes of --classes three (keys 0..2); ...
     """
     bad = [int(k) for k in np.asarray(keys).reshape(-1) if not 0 <= int(k) < class_set.num_foreground]
     if bad:

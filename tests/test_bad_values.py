@@ -217,8 +217,8 @@ def test_a_file_name_that_is_not_utf8_is_refused_before_fusing_and_an_id_list_to
     os.rename(folder / f"{IDS[0]}.npy", os.fsencode(folder) + b"/2007_\xff.npy")
     out = tmp_path / "s.h5"
     res = fuse(dumps, out, a=folder)
-    assert error(res) == (f"orand-addon: error: {folder}: the file name b'2007_\\xff.npy' is not valid UTF-8; image ids "
-                          f"are stored as UTF-8 text: rename it, or move it out of the folder")
+    assert error(res) == (f"orand-addon: error: {folder}: the file name b'2007_\\xff.npy' is not valid UTF-8; "
+                          f"image ids are stored as UTF-8 text: rename it, or move it out of the folder")
     assert not out.exists()
     ids = tmp_path / "ids.txt"
     ids.write_bytes(IDS[1].encode() + b"\n\xe9t\xe9\n")
@@ -257,3 +257,26 @@ def test_sweep_and_scales_out_of_range_name_the_option(dumps, tmp_path):
         res = run("segment", "--checkpoint", tmp_path / "none.pt", "--images", tmp_path, "--ids", "val", "--out",
                   tmp_path / "o", "--scales", scales)
         assert error(res) == f"Error: Invalid value for --scales: '{scales}': {why}"
+
+
+STORE_ENTRIES = {
+    "strings": (lambda: np.array([[[b"a", b"b"]]]), "holds |S1 values, not real-valued maps"),
+    "complex": (lambda: np.ones((1, 4, 5), np.complex64), "holds complex values, not real-valued maps"),
+    "no pixels": (lambda: np.zeros((1, 0, 0), np.float16), "has empty 0 x 0 maps"),
+    "2-D": (lambda: np.zeros((4, 5), np.float16), "must be maps (K, H, W), got shape (4, 5)"),
+    "keys mismatch": (lambda: np.zeros((2, 4, 5), np.float16), "has 2 maps but 1 keys"),
+    "key outside": (lambda: np.zeros((1, 4, 5), np.float16), "has class key 20, outside the store's 20 classes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STORE_ENTRIES))
+def test_a_store_map_that_is_not_real_numbers_of_some_pixels_is_one_line(dumps, tmp_path, case):
+    store = tmp_path / "s.h5"
+    assert fuse(dumps, store).exit_code == 0
+    data, message = STORE_ENTRIES[case]
+    with h5py.File(store, "a") as h5:
+        del h5["or"][IDS[0]]
+        h5["or"][IDS[0]] = data()
+        h5["or"][IDS[0]].attrs["keys"] = np.array([20 if case == "key outside" else 0])
+    res = run("evaluate", "--pred", f"{store}:or", "--gt", GT, "--no-progress")
+    assert error(res) == f"orand-addon: error: {store}: /or/{IDS[0]} {message}"

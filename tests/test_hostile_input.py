@@ -113,8 +113,9 @@ def self_holding() -> list:
 
 HOSTILE = {
     "reconstruct-shape": (lambda: amn_dump(Reduce(MULTIARRAY._reconstruct, (np.ndarray, (60000, 60000), b"b"))),
-                          FormatError, r"a pickled array of shape 60000 x 60000 int8 would take 13\.4 GB in memory, "
-                                       r"above the input limit of 256 MB \(refused before reading it; " + re.escape(HINT)),
+                          FormatError, r"a pickled array of shape 60000 x 60000 int8 would take 13\.4 GB in "
+                                       r"memory, above the input limit of 256 MB \(refused before reading it; "
+                                       + re.escape(HINT)),
     "reconstruct-state": (lambda: amn_dump(array_state((2, 60000, 60000), "f4", b"")),
                           FormatError, r"a pickled array of shape 2 x 60000 x 60000 float32 would take 26\.8 GB"),
     "object-array-short-list": (lambda: amn_dump(array_state((3,), object, [1])),  # numpy itself segfaults on it
@@ -133,8 +134,8 @@ HOSTILE = {
                                                                           (60000, 1)))),
                           UnsafePickleError, r"refused a pickle holding a state applied to a rebuilt PickledTensor"),
     "storage-declaring-more": (lambda: amn_dump(storage_declaring(10**9)),
-                               UnsafePickleError, r"refused a pickle holding a tensor storage that declares 3\.7 GB but "
-                                                  r"holds 16 bytes"),
+                               UnsafePickleError, r"refused a pickle holding a tensor storage that declares 3\.7 GB "
+                                                  r"but holds 16 bytes"),
     "memo-sharing": (lambda: dict.fromkeys(range(3500), np.ones((400, 480), np.float32)),
                      FormatError, r"its pickled objects, every shared reference counted, would take 2\.5 GB"),
     "holds-itself": (lambda: {"keys": self_holding()},
@@ -359,4 +360,34 @@ def test_inspect_exits_2_when_a_file_was_refused_as_hostile(dumps, tmp_path):
     assert lines[-3:] == ["problems: 1",
                           f"  {folder / VICTIM}.npy: refused a pickle holding a 3 x 3 tensor view that reaches element "
                           f"8 of a storage of 1 (refused before building it)",
-                          f"orand-addon: error: {folder}: 1 of 2 files were refused or could not be read (listed above)"]
+                          f"orand-addon: error: {folder}: 1 of 2 files were refused or could not be read (listed "
+                          f"above)"]
+
+
+def png_declaring(path: Path, side: int) -> Path:
+    """A greyscale PNG whose header declares ``side`` x ``side`` pixels, with almost no pixel data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(side + 1)))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_label_pngs_declaring_huge_images_are_refused_before_decoding(tmp_path):
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    big, bomb = png_declaring(pred / f"{IDS[0]}.png", 9000), png_declaring(pred / f"{IDS[1]}.png", 20000)
+    res = CliRunner().invoke(cli, ["evaluate", "--pred", pred, "--gt", GT, "--no-progress"])
+    assert res.exit_code == 2
+    assert res.output == (f"orand-addon: error: {big}: the decoded image of shape 9000 x 9000 x 1 float32 would take "
+                          f"309 MB in memory, above the input limit of 256 MB (refused before reading it; {HINT})\n")
+    big.unlink()
+    res = CliRunner().invoke(cli, ["evaluate", "--pred", pred, "--gt", GT, "--no-progress"])
+    assert res.exit_code == 2
+    assert res.output == (f"orand-addon: error: {bomb}: unreadable label PNG (Image size (400000000 pixels) exceeds "
+                          f"limit of 178956970 pixels, could be decompression bomb DOS attack.)\n")

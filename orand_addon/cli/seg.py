@@ -117,7 +117,8 @@ def train_seg(**kw) -> None:
 @click.option("--ids", required=True, help="Ids to segment: a list file, or val/test/train for the bundled lists.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for VOC palette PNG masks.")
 @click.option("--store", default=None, help="Also (or instead) write masks to STORE.h5 group seg (STORE.h5:GROUP).")
-@click.option("--scales", default="0.5,0.75,1.0,1.25,1.5", show_default=True, help=f"Inference scales (averaged), each in (0, {MAX_SCALE:g}].")
+@click.option("--scales", default="0.5,0.75,1.0,1.25,1.5", show_default=True,
+              help=f"Inference scales (averaged), each in (0, {MAX_SCALE:g}].")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Also average horizontally flipped input.")
 @click.option("--crf/--no-crf", default=False, show_default=True, help="Refine with a dense CRF (pydensecrf).")
 @click.option("--gt", type=click.Path(file_okay=False), default=None, help="Ground-truth label PNGs: report mIoU.")

@@ -60,13 +60,19 @@ def limit_bytes() -> int:
 
 
 def human(nbytes: int | float) -> str:
-    """``1536 -> '1.5 KB'`` (powers of 1024; GB for anything beyond)."""
+    """``1536 -> '1.5 KB'`` (powers of 1024; GB for anything beyond; no decimals from 100 on).
+
+    >>> human(20), human(1536), human(324_000_000)
+    ('20 bytes', '1.5 KB', '309 MB')
+    """
     value = float(nbytes)
-    for unit in ("bytes", "KB", "MB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "bytes" or value == int(value) else f"{value:.1f} {unit}"
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            if unit == "bytes" or value >= 100 or value == int(value):
+                return f"{value:.0f} {unit}"
+            return f"{value:.1f} {unit}"
         value /= 1024
-    return f"{value:.0f} GB" if value == int(value) else f"{value:.1f} GB"
+    raise AssertionError("unreachable")
 
 
 def refusal(source: str, exc: OverLimit) -> FormatError:

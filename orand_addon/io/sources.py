@@ -225,7 +225,8 @@ class StoreCamSource(Mapping):
         self.store = Store(self.path, mode="r")
         try:
             if kind not in self.store.kinds():
-                raise OrandError(f"{self.path}: no kind {kind!r} in the store (has: {', '.join(self.store.kinds()) or 'none'})")
+                have = ", ".join(self.store.kinds()) or "none"
+                raise OrandError(f"{self.path}: no kind {kind!r} in the store (has: {have})")
             self.store.check_entries(kind)
         except OrandError:
             self.store.close()

@@ -130,8 +130,9 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
         detail = " ".join(detail.split("Check the documentation of torch.load")[0].split())
         kind = checkpoint_kind(path)
         if "Unsupported global" in detail:
-            raise OrandError(f"{path}: refused to load checkpoint (weights_only: {detail.split(' was not an allowed global')[0]}"
-                             f"; nothing from the file was run)") from None
+            refused = detail.split(" was not an allowed global")[0]
+            raise OrandError(f"{path}: refused to load checkpoint (weights_only: {refused}; nothing from the file was "
+                             f"run)") from None
         if kind == "torch.save":
             raise OrandError(f"{path}: refused to load checkpoint: a torch.save file that weights-only loading cannot "
                              f"read ({detail or first_line(exc)}; nothing from the file was run)") from None

@@ -280,7 +280,8 @@ class Store:
             version = int(np.asarray(version).reshape(-1)[0])
             names = self.class_names
         except (TypeError, ValueError, IndexError, KeyError, UnicodeDecodeError):
-            raise StoreError(f"{self.path}: not an orand-addon store (unreadable layout_version or class_names)") from None
+            raise StoreError(f"{self.path}: not an orand-addon store (unreadable layout_version or class_names)"
+                             ) from None
         if len(names) < 2 or len(set(names)) != len(names):
             raise StoreError(f"{self.path}: class_names must list background and at least one class, once each")
         if version > LAYOUT_VERSION:
@@ -416,7 +417,8 @@ class Store:
         try:
             obj = self._group(group).get(image_id)
         except (KeyError, OSError, RuntimeError) as exc:  # a dangling link
-            raise StoreError(f"{self.path}: /{group}/{image_id} cannot be read ({' '.join(str(exc).split())})") from None
+            reason = " ".join(str(exc).split())
+            raise StoreError(f"{self.path}: /{group}/{image_id} cannot be read ({reason})") from None
         if not isinstance(obj, h5py.Dataset):
             found = "a group" if isinstance(obj, h5py.Group) else type(obj).__name__
             raise StoreError(f"{self.path}: /{group}/{image_id} is {found}, not {what} (a layout orand-addon does not "
