@@ -73,6 +73,31 @@ CLASS_SETS: dict[str, ClassSet] = {
 }
 
 
+def read_text_file(path: str | Path, what: str) -> str:
+    """The text of a UTF-8 file (a BOM is allowed); a file that is not UTF-8 text is a one-line error naming it.
+
+    >>> import tempfile
+    >>> bad = Path(tempfile.mkdtemp()) / "ids.txt"
+    >>> _ = bad.write_bytes(b"2007_000032\\n\\xff\\xfe\\n")
+    >>> read_text_file(bad, "id list")
+    Traceback (most recent call last):
+    ...
+    orand_addon.errors.OrandError: ...ids.txt: id list is not UTF-8 text (byte 0xff at offset 12)
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise OrandError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise OrandError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise OrandError(f"{path}: {what} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+                         ) from None
+
+
 def get_class_set(spec: str) -> ClassSet:
     """Class set by registry name (``voc``, ``coco``) or from a text file with one name per line.
 
@@ -91,9 +116,12 @@ def get_class_set(spec: str) -> ClassSet:
         raise OrandError(
             f"unknown class set {spec!r}; valid: {', '.join(CLASS_SETS)}, or a text file with one class name per line"
         )
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in read_text_file(path, "class name file").splitlines() if line.strip()]
     if not names:
         raise OrandError(f"{path}: class name file is empty")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise OrandError(f"{path}: class {twice[0]!r} is listed twice")
     if names[0].lower() != "background":
         names.insert(0, "background")
     if len(names) > 255:
@@ -136,7 +164,13 @@ class ImageLabels:
         self.num_foreground = num_foreground
         self._table: dict[object, np.ndarray] = {}
         for key, value in table.items():
-            vec = np.asarray(value).reshape(-1)
+            if isinstance(key, (bool, np.bool_)) or not isinstance(key, (str, int, np.integer)):
+                raise OrandError(f"{source}: image id {key!r} is neither a string nor an integer")
+            vec = np.asarray(value).reshape(-1) if isinstance(value, (np.ndarray, list, tuple)) else None
+            if vec is None or vec.dtype.kind not in "fiub" or (vec.dtype.kind == "f" and not np.isfinite(vec).all()):
+                what = type(value).__name__ if vec is None else f"{vec.dtype} values" if vec.dtype.kind not in "f" \
+                    else "NaN/Inf"
+                raise OrandError(f"{source}: label of {key!r} must be numbers, got {what}")
             if indices:
                 classes = vec  # a list of class indices (the JSON convention)
             elif vec.size == num_foreground:
@@ -146,7 +180,7 @@ class ImageLabels:
                     f"{source}: label of {key!r} has {vec.size} entries, expected {num_foreground} "
                     f"(multi-hot over the foreground classes)"
                 )
-            if classes.size and not np.all(np.equal(np.mod(classes, 1), 0)):
+            if classes.size and (classes.dtype.kind == "b" or not np.all(np.equal(np.mod(classes, 1), 0))):
                 raise OrandError(f"{source}: label of {key!r} must list integer class indices")
             classes = np.unique(classes.astype(np.int64))
             if classes.size and (classes.min() < 0 or classes.max() >= num_foreground):
@@ -187,24 +221,72 @@ def load_labels(path: str | Path | None, class_set: ClassSet) -> ImageLabels:
     if path is None:
         if class_set.name != "voc":
             raise OrandError(f"no bundled image-level labels for class set {class_set.name!r}; pass --labels FILE")
-        path = voc_data_file("cls_labels.npy")
+        bundled = voc_data_file("cls_labels.npy")  # package data, as trusted as this code (no input limit either)
+        return ImageLabels(np.load(bundled, allow_pickle=True).item(), class_set.num_foreground, source=str(bundled))
     path = Path(path)
     if not path.is_file():
         raise OrandError(f"{path}: label file not found")
     if path.suffix == ".json":
-        try:
-            table = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise OrandError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        if not isinstance(table, dict) or not all(isinstance(v, list) for v in table.values()):
-            raise OrandError(f"{path}: expected a JSON object {{id: [class index, ...]}}")
-        return ImageLabels(table, class_set.num_foreground, source=str(path), indices=True)
+        return ImageLabels(json_label_table(path, class_set), class_set.num_foreground, source=str(path),
+                           indices=True)
     obj = safe_load_npy(path)
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.shape == ():
         obj = obj.item()
     if not isinstance(obj, dict):
         raise OrandError(f"{path}: expected a pickled dict id -> multi-hot vector, got {type(obj).__name__}")
     return ImageLabels(obj, class_set.num_foreground, source=str(path))
+
+
+def json_label_table(path: Path, class_set: ClassSet) -> dict[str, list[int]]:
+    """``{id: [class, ...]}`` from a JSON label file; a class is a 0-based foreground index or a class name of
+    ``class_set``. Anything else (``null``, a nested list, an unknown name, a file that is not UTF-8 JSON) is a
+    one-line error naming the file and the id."""
+    try:
+        table = json.loads(read_text_file(path, "label file"))
+    except json.JSONDecodeError as exc:
+        raise OrandError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise OrandError(f"{path}: JSON nested too deeply to be a label file") from None
+    if not isinstance(table, dict):
+        raise OrandError(f"{path}: expected a JSON object {{id: [class index or name, ...]}}, got "
+                         f"{type(table).__name__}")
+    names = {name: i - 1 for i, name in enumerate(class_set.names) if i > 0}
+    out: dict[str, list[int]] = {}
+    for image_id, value in table.items():
+        if not isinstance(value, list):
+            raise OrandError(f"{path}: label of {image_id!r} must be a list of class indices or names, got "
+                             f"{json.dumps(value)[:40]}")
+        classes = []
+        for item in value:
+            if isinstance(item, str):
+                if item not in names:
+                    raise OrandError(f"{path}: label of {image_id!r} names class {item!r}, which is not in the "
+                                     f"{class_set.name} class set ({', '.join(list(names)[:4])}, ...)")
+                classes.append(names[item])
+            elif isinstance(item, int) and not isinstance(item, bool):
+                classes.append(item)
+            else:
+                raise OrandError(f"{path}: label of {image_id!r} holds {json.dumps(item)[:40]}; expected class "
+                                 f"indices (0-based foreground) or class names")
+        out[image_id] = classes
+    return out
+
+
+def check_keys(keys: np.ndarray, class_set: ClassSet, where: str, option: str = "--classes") -> None:
+    """Every class key of a CAM file must be a foreground class of ``class_set`` (a dump made for another class
+    set would otherwise be stored under wrong names).
+
+    >>> check_keys(np.array([0, 18]), CLASS_SETS["voc"], "x.npy")
+    >>> check_keys(np.array([0, 18]), ClassSet("three", ("background", "a", "b", "c")), "x.npy")
+    Traceback (most recent call last):
+    ...
+    orand_addon.errors.OrandError: x.npy: class key 18 is not one of the 3 classes of --classes three (keys 0..2); ...
+    """
+    bad = [int(k) for k in np.asarray(keys).reshape(-1) if not 0 <= int(k) < class_set.num_foreground]
+    if bad:
+        raise OrandError(f"{where}: class key {bad[0]} is not one of the {class_set.num_foreground} classes of "
+                         f"{option} {class_set.name} (keys 0..{class_set.num_foreground - 1}); give the class set "
+                         f"the CAMs were made with")
 
 
 def read_id_list(path: str | Path) -> list[str]:
@@ -218,7 +300,7 @@ def read_id_list(path: str | Path) -> list[str]:
     if not p.is_file():
         raise OrandError(f"{p}: id list not found")
     ids = []
-    for line in p.read_text().splitlines():
+    for line in read_text_file(p, "id list").splitlines():
         word = line.strip().split(" ")[0] if line.strip() else ""
         if word:
             ids.append(Path(word).stem if "/" in word else word)

@@ -66,8 +66,10 @@ def test_inspect_folder_reports_format_and_problems(tmp_path):
     bad = tmp_path / "amn" / "2007_000042.npy"
     bad.write_bytes(bad.read_bytes()[:300])
     res = run("inspect", tmp_path / "amn")
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 2, res.output  # a file that fuse would refuse fails the inspection too
     out = res.output
+    assert out.splitlines()[-1] == (f"orand-addon: error: {tmp_path / 'amn'}: 1 of 11 files were refused or could "
+                                    f"not be read (listed above)")
     assert "format amn (structure), 11 files" in out
     assert "read 10 of 11 files" in out
     assert "classes per image: 1 .. 3" in out

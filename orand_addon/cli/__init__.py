@@ -111,8 +111,32 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     ctx.default_map = defaults
 
 
+def _set_input_limit(ctx: click.Context, param: click.Parameter, value: float | None) -> None:
+    """``--max-input-mb``: the input limit (:mod:`orand_addon.io.limits`) for this command, passed on to its worker
+    processes through the environment, restored when the command ends."""
+    if value is None:
+        return
+    from ..io.limits import LIMIT_ENV
+
+    before = os.environ.get(LIMIT_ENV)
+    os.environ[LIMIT_ENV] = f"{value:g}"
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop(LIMIT_ENV, None)
+        else:
+            os.environ[LIMIT_ENV] = before
+
+    ctx.call_on_close(restore)
+
+
 @click.group(cls=OrandGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="orand-addon", prog_name="orand-addon")
+@click.option("--max-input-mb", type=click.FloatRange(min=1), default=None, metavar="MB", expose_value=False,
+              callback=_set_input_limit,
+              help="Refuse an input file (a CAM dump, a label file, one map of a store) that would take more than MB "
+                   "megabytes once read [default: 256, or $ORAND_ADDON_MAX_INPUT_MB]; raise it for genuinely large "
+                   "maps, e.g. orand-addon --max-input-mb 2048 fuse ...")
 @click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
               expose_value=False,
               help="TOML file with one [section] per command setting option defaults, e.g. [fuse] workers = 2.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import click
 
@@ -12,20 +13,31 @@ from ..runtime.distributed import DistInfo
 from .common import (command_line, device_option, echo_lines, precision_option, progress_option, seed_option,
                      workers_option)
 
+MAX_SCALE = 8.0  # segment --scales: 8 x a VOC image is already 4000 x 3000 pixels
 
-def parse_floats(text: str, option: str, count: int | None = None) -> tuple[float, ...]:
-    """``"0.5,1.0"`` -> ``(0.5, 1.0)``; a usage error naming ``option`` otherwise.
+
+def parse_floats(text: str, option: str, count: int | None = None, maximum: float | None = None
+                 ) -> tuple[float, ...]:
+    """``"0.5,1.0"`` -> ``(0.5, 1.0)``: finite positive numbers (at most ``maximum``); a usage error naming
+    ``option`` otherwise.
 
     >>> parse_floats("0.5, 1.5", "--scale-range", 2)
     (0.5, 1.5)
+    >>> parse_floats("1,nan", "--scales")
+    Traceback (most recent call last):
+    ...
+    click.exceptions.BadParameter: '1,nan': expected positive numbers, comma-separated
     """
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option) from None
-    if not values or (count is not None and len(values) != count) or any(v <= 0 for v in values):
+    if not values or (count is not None and len(values) != count) or any(not 0 < v < math.inf for v in values):
         want = f"{count} positive numbers" if count else "positive numbers"
         raise click.BadParameter(f"{text!r}: expected {want}, comma-separated", param_hint=option)
+    if maximum is not None and max(values) > maximum:
+        raise click.BadParameter(f"{text!r}: at most {maximum:g} (a larger scale makes a larger image than any "
+                                 f"network input)", param_hint=option)
     return values
 
 
@@ -105,7 +117,8 @@ def train_seg(**kw) -> None:
 @click.option("--ids", required=True, help="Ids to segment: a list file, or val/test/train for the bundled lists.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for VOC palette PNG masks.")
 @click.option("--store", default=None, help="Also (or instead) write masks to STORE.h5 group seg (STORE.h5:GROUP).")
-@click.option("--scales", default="0.5,0.75,1.0,1.25,1.5", show_default=True, help="Inference scales (averaged).")
+@click.option("--scales", default="0.5,0.75,1.0,1.25,1.5", show_default=True,
+              help=f"Inference scales (averaged), each in (0, {MAX_SCALE:g}].")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Also average horizontally flipped input.")
 @click.option("--crf/--no-crf", default=False, show_default=True, help="Refine with a dense CRF (pydensecrf).")
 @click.option("--gt", type=click.Path(file_okay=False), default=None, help="Ground-truth label PNGs: report mIoU.")
@@ -141,7 +154,8 @@ def segment(**kw) -> None:
     if store and ":" in store.rsplit("/", 1)[-1]:
         store, group = store.rsplit(":", 1)
     dist = dist_info()
-    config = SegmentConfig(out=kw["out"], store=store, group=group, scales=parse_floats(kw["scales"], "--scales"),
+    scales = parse_floats(kw["scales"], "--scales", maximum=MAX_SCALE)
+    config = SegmentConfig(out=kw["out"], store=store, group=group, scales=scales,
                            flip=kw["flip"], crf=kw["crf"], gt=kw["gt"], device=kw["device"],
                            precision=kw["precision"], overwrite=kw["overwrite"], show_progress=kw["progress"])
     result = segment_images(kw["checkpoint"], kw["images"], read_id_list(kw["ids"]), config, command=command_line(),

@@ -332,10 +332,10 @@ def _run_one(stage: Stage, store_path: Path, options: RunOptions) -> StageReport
             interrupted = True
         except OrandError as exc:
             error = exc
-        with deferred_interrupt():  # the merge runs to its end: the store is closed consistently
+        with deferred_interrupt() as held:  # the merge runs to its end: the store is closed consistently
             merged = merge_parts(store_path, sealed_parts(folder), plan.class_names, options.compression)
             _record(store_path, stage, report)
-    if interrupted:
+    if interrupted or held.requested:  # Ctrl-C during the merge too: it stops the command (exit 130) once merged
         kept = max(report.written, merged.images)
         raise Interrupted(f"interrupted after {kept} of {len(plan.todo_ids)} images; {store_path} keeps them and "
                           f"the same command resumes where it stopped")

@@ -192,12 +192,18 @@ def parse_sweep(spec: str) -> np.ndarray:
     [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6]
     >>> len(parse_sweep("0.05:0.60:0.01"))
     56
+    >>> parse_sweep("0.1:inf:0.1")
+    Traceback (most recent call last):
+    ...
+    orand_addon.errors.OrandError: --sweep '0.1:inf:0.1': START, STOP and STEP must be finite numbers
     """
     parts = str(spec).split(":")
     try:
         start, stop, step = (float(p) for p in parts)
     except ValueError:
         raise OrandError(f"--sweep {spec!r}: expected START:STOP:STEP, e.g. 0.05:0.60:0.01") from None
+    if not all(np.isfinite((start, stop, step))):
+        raise OrandError(f"--sweep {spec!r}: START, STOP and STEP must be finite numbers")
     if not (step > 0 and stop >= start):
         raise OrandError(f"--sweep {spec!r}: needs STEP > 0 and STOP >= START")
     count = int(np.floor((stop - start) / step + 1e-9)) + 1

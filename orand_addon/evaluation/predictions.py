@@ -81,6 +81,11 @@ class _StoreSource:
                 kinds = ", ".join(self.store.groups()) or "nothing"
                 self.close()
                 raise OrandError(f"{path}: no kind {kind!r} in the store (has: {kinds})")
+        try:
+            self.store.check_entries(kind)
+        except OrandError:
+            self.close()
+            raise
         self._ids = self.store.ids(kind)
 
     def ids(self) -> list[str]:

@@ -22,6 +22,7 @@ import numpy as np
 from ..errors import OrandError
 from ..io.images import load_image, voc_palette
 from ..masks import maps_to_mask
+from ..runtime.files import atomic_write, atomic_write_text
 from .stage import EvalResult
 from .predictions import GroundTruth, Prediction, PredSpec, open_prediction, resize_prediction
 from .results import sweep_lines
@@ -51,6 +52,11 @@ def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Write a figure as PNG atomically (never through a symlink at ``path``)."""
+    return atomic_write(path, lambda fh: fig.savefig(fh, format="png"), what="report picture")
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -94,7 +100,7 @@ def class_chart(result: EvalResult, path: Path) -> Path:
     ax.set_title(f"{result.pred}: mIoU {100 * s['mean_iou']:.1f}, precision {100 * s['mean_precision']:.1f}, "
                  f"recall {100 * s['mean_recall']:.1f} ({result.num_images} images)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 
@@ -113,7 +119,7 @@ def sweep_chart(result: EvalResult, path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.set_title(f"{result.pred} ({result.num_images} images)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 
@@ -180,7 +186,7 @@ def example_grid(titles: list[str], rows: list, path: Path) -> Path:
             if c == 0:
                 ax.set_ylabel(image_id, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
     return path
 
 
@@ -233,5 +239,5 @@ def write_report(result: EvalResult, out_dir: str | Path, images: str | Path | N
         titles, rows = example_rows(result, spec or PredSpec(result.pred), images, chosen)
         pictures.append(example_grid(titles, rows, out / "eval_examples.png"))
     page = out / "index.html"
-    page.write_text(html_page(result, pictures))
+    atomic_write_text(page, html_page(result, pictures), what="report page")
     return page

@@ -17,10 +17,10 @@ from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from ..classes import ClassSet, ImageLabels
+from ..classes import ClassSet, ImageLabels, check_keys
 from ..engine.stage import ImageResult, RunOptions, Stage, StageReport, run_stage
 from ..errors import OrandError
-from ..io.formats import CamRecord
+from ..io.formats import CamRecord, check_maps_size
 from ..io.images import image_size
 from ..io.sources import read_cams
 from ..runtime.distributed import DistInfo
@@ -28,6 +28,7 @@ from ..runtime.provenance import ids_digest
 from .align import MAP_KINDS, clean_values, fuse_image, image_classes, select_classes, to_storage_dtype
 
 SOURCE_NAMES = "abcdefgh"
+CHECK_SAMPLE = 16  # files per source whose class keys are checked before fusing starts
 __all__ = ["FuseOptions", "FuseStage", "run_fuse", "MAP_KINDS", "SOURCE_NAMES"]
 
 
@@ -143,6 +144,19 @@ class FuseStage(Stage):
                 "sources": [{"name": SOURCE_NAMES[i], **ident} for i, ident in enumerate(self._identities)]}
 
     # -- what it computes ----------------------------------------------------------------------------------------
+    def check(self, source, ids) -> None:
+        """The class keys of a spread sample of each source's files against the class set, before anything is
+        written (a dump made for another class set is refused at once; every file is checked when it is fused)."""
+        sample = list(ids)[:: max(1, len(ids) // CHECK_SAMPLE)][:CHECK_SAMPLE]
+        for src in self._opened:
+            for image_id in (i for i in sample if i in src):
+                path = getattr(src, "files", {}).get(image_id, f"{getattr(src, 'path', '?')}:{image_id}")
+                try:
+                    keys = src[image_id].keys
+                except OrandError:
+                    continue  # an unreadable file stops the run when its turn comes, after the images before it
+                check_keys(keys, self.class_set, str(path))
+
     def plan(self, source=None) -> list[tuple[str, ...]]:
         todo, self.skipped_missing = resolve_ids(self._opened, self.wanted, self.options.on_missing)
         return [(i,) for i in todo]
@@ -165,11 +179,13 @@ class FuseStage(Stage):
         for src in self._opened:
             records.append(src[image_id])
             where.append(str(getattr(src, "files", {}).get(image_id, f"{getattr(src, 'path', '?')}:{image_id}")))
+            check_keys(records[-1].keys, self.class_set, where[-1])
         classes, disagreement = image_classes(image_id, records, self.labels)
         if disagreement:
             result.notes.append(("classes differ between labels and sources (labels used)", disagreement))
         size = image_size(self.images, image_id) if self.images else max((r.size for r in records),
                                                                             key=lambda s: s[0] * s[1])
+        check_maps_size(image_id, (len(classes), *size), "its fused maps")
         if len({r.size for r in records}) > 1 or any(r.size != size for r in records):
             result.notes.append(("maps resized to the image size",
                                  f"{image_id} ({' / '.join(str(r.size) for r in records)} -> {size})"))

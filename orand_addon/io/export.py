@@ -11,7 +11,7 @@ from ..errors import OrandError
 from .images import save_label_png
 from .resize import resize_maps
 from ..masks import maps_to_mask, strided_size
-from ..runtime.files import atomic_write
+from ..runtime.files import atomic_write, atomic_write_text
 from ..runtime.progress import progress
 from ..store.store import MASK_GROUPS, Store
 
@@ -56,7 +56,7 @@ def export_kind(store_path: str | Path, kind: str, to: str, out: str | Path, ids
         except OSError as exc:
             raise OrandError(f"{out}: cannot create output folder ({exc.strerror})") from None
         if to == "lists":
-            (out / f"{kind}_ids.txt").write_text("".join(f"{i}\n" for i in all_ids))
+            atomic_write_text(out / f"{kind}_ids.txt", "".join(f"{i}\n" for i in all_ids), what="id list")
             if not is_mask:
                 num_fg = len(store.class_names) - 1
                 table = {}

@@ -22,12 +22,14 @@ and the caller decides with the image-level labels or asks the user.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import FormatError
+from .limits import OverLimit, check_array, refusal
 from ..registries import CAM_FORMATS as HELP
 from ..registries import implementations
 
@@ -59,7 +61,11 @@ def to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
     if type(value).__module__.startswith("torch"):
-        return value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if not value.is_complex() and value.is_floating_point() and value.element_size() == 2 \
+                and str(value.dtype) == "torch.bfloat16":
+            value = value.float()  # numpy has no bfloat16
+        return value.numpy()
     return np.asarray(value)
 
 
@@ -67,22 +73,51 @@ def _is_torch(value: Any) -> bool:
     return type(value).__module__.startswith("torch") and hasattr(value, "detach")
 
 
+def _array(value: Any, source: str, name: str) -> np.ndarray:
+    """``value`` as a numpy array; a value that is none (a string, None, a dict...) is a one-line error."""
+    try:
+        arr = to_numpy(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise FormatError(f"{source}: {name} is not an array of numbers ({type(value).__name__}: {exc})") from None
+    if arr.dtype.kind == "c":
+        raise FormatError(f"{source}: {name} holds complex values ({arr.dtype}); maps must be real numbers")
+    if arr.dtype.kind not in "fiub":
+        raise FormatError(f"{source}: {name} holds {arr.dtype} values, not numbers")
+    return arr
+
+
+def check_maps_size(source: str, shape: tuple, what: str = "the maps") -> None:
+    """Refuse float32 maps of ``shape`` over the input limit (:mod:`.limits`) before they are made."""
+    try:
+        check_array(shape, np.float32, what)
+    except OverLimit as exc:
+        raise refusal(source, exc) from None
+
+
 def _keys_of(obj: dict, source: str) -> np.ndarray:
-    keys = to_numpy(obj["keys"]).reshape(-1)
-    if keys.dtype.kind not in "iu":
-        if keys.size and np.all(np.equal(np.mod(keys, 1), 0)):
-            keys = keys.astype(np.int64)
-        else:
+    keys = _array(obj["keys"], source, "'keys'").reshape(-1)
+    if keys.dtype.kind == "b":
+        raise FormatError(f"{source}: 'keys' must be integer class indices, got dtype {keys.dtype}")
+    if keys.dtype.kind == "f":
+        if not (np.isfinite(keys).all() and np.all(np.equal(np.mod(keys, 1), 0))):
             raise FormatError(f"{source}: 'keys' must be integer class indices, got dtype {keys.dtype}")
-    return keys.astype(np.int64)
+    keys = keys.astype(np.int64)
+    if keys.size and keys.min() < 0:
+        raise FormatError(f"{source}: 'keys' holds the negative class index {int(keys.min())}")
+    if np.unique(keys).size != keys.size:
+        raise FormatError(f"{source}: 'keys' lists a class twice ({keys.tolist()})")
+    return keys
 
 
 def _stack(maps: Any, source: str, name: str) -> np.ndarray:
-    arr = to_numpy(maps)
+    arr = _array(maps, source, f"'{name}'")
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
         raise FormatError(f"{source}: '{name}' must be (K, H, W), got shape {tuple(arr.shape)}")
+    if arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise FormatError(f"{source}: '{name}' has empty {arr.shape[1]} x {arr.shape[2]} maps")
+    check_maps_size(source, arr.shape, f"'{name}'")
     return np.asarray(arr, dtype=np.float32)
 
 
@@ -111,18 +146,24 @@ def _int_keyed_record(obj: dict, source: str, background_key: bool) -> CamRecord
         if not items or items[0][0] != 0:
             raise FormatError(f"{source}: crf-dict files have background at key 0, which is missing")
         items = [(k - 1, v) for k, v in items[1:]]
+    if items and items[0][0] < 0:
+        raise FormatError(f"{source}: negative class key {items[0][0] + (1 if background_key else 0)}")
     keys = np.array([k for k, _ in items], dtype=np.int64)
     if not items:
         return CamRecord(keys=keys, maps=np.zeros((0, 1, 1), np.float32))
-    arrays = [np.asarray(to_numpy(v), dtype=np.float32) for _, v in items]
+    arrays = [_array(v, source, f"the map of class key {k}") for k, v in items]
     for (k, _), a in zip(items, arrays):
         if a.ndim != 2:
-            raise FormatError(f"{source}: map of class key {k} must be 2-D (H, W), got shape {a.shape}")
+            raise FormatError(f"{source}: the map of class key {k} must be 2-D (H, W), got shape {a.shape}")
+        if a.size == 0:
+            raise FormatError(f"{source}: the map of class key {k} is empty ({a.shape[0]} x {a.shape[1]})")
     shapes = {a.shape for a in arrays}
+    target = max(shapes, key=lambda s: s[0] * s[1])
+    check_maps_size(source, (len(arrays), *target), "its maps")
+    arrays = [np.asarray(a, dtype=np.float32) for a in arrays]
     if len(shapes) > 1:
         from .resize import resize_maps
 
-        target = max(shapes, key=lambda s: s[0] * s[1])
         arrays = [a if a.shape == target else resize_maps(a[None], target)[0] for a in arrays]
     return CamRecord(keys=keys, maps=np.stack(arrays))
 
@@ -139,12 +180,22 @@ def _has(obj: Any, *names: str) -> bool:
     return isinstance(obj, dict) and all(n in obj for n in names)
 
 
+def _shape(value: Any) -> tuple[int, ...] | None:
+    """The shape of an array, tensor or nested list; None for what has none (a ragged list, a string...)."""
+    try:
+        return tuple(int(n) for n in to_numpy(value).shape)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
 def _channels(obj: dict, name: str) -> int:
-    return int(to_numpy(obj[name]).shape[0]) if to_numpy(obj[name]).ndim == 3 else 1
+    shape = _shape(obj[name])
+    return -1 if shape is None else shape[0] if len(shape) == 3 else 1
 
 
 def _nkeys(obj: dict) -> int:
-    return int(to_numpy(obj["keys"]).size)
+    shape = _shape(obj["keys"])
+    return -2 if shape is None else math.prod(shape)
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,24 @@ def find_image(folder: str | Path, image_id: str) -> Path:
     raise OrandError(f"{image_id}: no image {image_id}.jpg/.png in {folder}")
 
 
+def _checked_decode(path: Path, im: Image.Image, channels: int) -> None:
+    """Refuse an image whose pixels would be over the input limit (as float32) before it is decoded."""
+    from .limits import OverLimit, check_array, refusal
+
+    w, h = im.size
+    try:
+        check_array((h, w, channels), np.float32, "the decoded image")
+    except OverLimit as exc:
+        raise refusal(str(path), exc) from None
+
+
 def image_size(folder: str | Path, image_id: str) -> tuple[int, int]:
     """(H, W) of an image, from its header only."""
     path = find_image(folder, image_id)
     try:
         with Image.open(path) as im:
             w, h = im.size
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError) as exc:
         raise OrandError(f"{path}: unreadable image ({exc})") from None
     return h, w
 
@@ -70,8 +81,9 @@ def load_image(folder: str | Path, image_id: str) -> np.ndarray:
     path = find_image(folder, image_id)
     try:
         with Image.open(path) as im:
+            _checked_decode(path, im, 3)
             return np.asarray(im.convert("RGB"))
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError) as exc:
         raise OrandError(f"{path}: unreadable image ({exc})") from None
 
 
@@ -82,10 +94,11 @@ def load_label_png(path: str | Path) -> np.ndarray:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
                 raise OrandError(f"{path}: label PNG must be palette or greyscale (indices), got mode {im.mode}")
+            _checked_decode(path, im, 1)
             arr = np.asarray(im)
     except FileNotFoundError:
         raise OrandError(f"{path}: label PNG not found") from None
-    except OSError as exc:
+    except (OSError, Image.DecompressionBombError) as exc:
         raise OrandError(f"{path}: unreadable label PNG ({exc})") from None
     if arr.max(initial=0) > 255:
         raise OrandError(f"{path}: label values above 255")

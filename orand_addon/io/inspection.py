@@ -20,20 +20,45 @@ def _range(values: list[float]) -> str:
 
 
 def inspect_store(path: Path) -> Iterator[str]:
+    """Lines describing a store; entries a reader would refuse are listed as problems and end the listing with an
+    error (exit 2)."""
+    problems: list[str] = []
     with Store(path) as store:
         yield f"{path}: orand-addon store, layout {int(store.h5.attrs['layout_version'])}, " \
               f"written by orand-addon {store.h5.attrs.get('orand_addon_version', '?')}"
         yield f"classes: {len(store.class_names)} ({', '.join(store.class_names[:6])}{', ...' if len(store.class_names) > 6 else ''})"
         for group in store.groups():
-            ids = store.ids(group)
-            prov = store.group_provenance(group) or {}
+            foreign = store.foreign_entries(group)
+            problems += [f"/{group}/{name}: not a dataset (a layout orand-addon does not write)" for name in foreign]
+            ids = [i for i in store.ids(group) if i not in set(foreign)]
             what = "masks" if group in MASK_GROUPS else "maps"
-            shape = store.h5[group][ids[0]].shape if ids else None
-            dtype = store.h5[group][ids[0]].dtype if ids else None
-            yield f"/{group}: {len(ids)} {what}, e.g. {ids[0] if ids else '-'} {shape} {dtype}; by: {prov.get('command', '?')}"
-        prov = store.provenance
-        for src in prov.get("sources", []):
-            yield f"source {src['name']}: {src['path']} ({src['format']})"
+            example = "-"
+            if ids:
+                try:
+                    shape = store.map_shape(group, ids[0]) if what == "maps" else store.read_mask(group, ids[0]).shape
+                    example = f"{ids[0]} {shape} {store.h5[group][ids[0]].dtype}"
+                except OrandError as exc:
+                    problems.append(str(exc))
+                    example = f"{ids[0]} (unreadable)"
+            try:
+                prov = store.group_provenance(group) or {}
+            except OrandError as exc:
+                problems.append(str(exc))
+                prov = {}
+            yield f"/{group}: {len(ids)} {what}, e.g. {example}; by: {prov.get('command', '?')}"
+        try:
+            sources = store.provenance.get("sources", [])
+        except OrandError as exc:
+            problems.append(str(exc))
+            sources = []
+        for src in sources if isinstance(sources, list) else []:
+            if isinstance(src, dict):
+                yield f"source {src.get('name', '?')}: {src.get('path', '?')} ({src.get('format', '?')})"
+    if problems:
+        yield f"problems: {len(problems)}"
+        yield from (f"  {text}" for text in problems)
+        raise OrandError(f"{path}: {len(problems)} {'entry' if len(problems) == 1 else 'entries'} cannot be read "
+                         f"(listed above)")
 
 
 def inspect_folder(path: Path, fmt: str, class_spec: str, labels_path: str | None, limit: int | None) -> Iterator[str]:
@@ -55,6 +80,7 @@ def inspect_folder(path: Path, fmt: str, class_spec: str, labels_path: str | Non
         chosen = fmt
         yield f"{path}: format {fmt} (given), {len(files)} files"
     problems: list[str] = []
+    refused: list[str] = []
     class_counts: Counter = Counter()
     shapes: Counter = Counter()
     lows, highs, n_keys = [], [], []
@@ -70,6 +96,7 @@ def inspect_folder(path: Path, fmt: str, class_spec: str, labels_path: str | Non
             rec = source[image_id]
         except OrandError as exc:
             problems.append(str(exc))
+            refused.append(str(exc))
             continue
         n_keys.append(len(rec.keys))
         class_counts.update(int(k) for k in rec.keys)
@@ -113,6 +140,9 @@ def inspect_folder(path: Path, fmt: str, class_spec: str, labels_path: str | Non
     yield f"problems: {len(problems)}"
     for text in problems:
         yield f"  {text}"
+    if refused:
+        raise OrandError(f"{path}: {len(refused)} of {len(files)} files were refused or could not be read (listed "
+                         f"above)")
 
 
 def inspect_path(path: str, fmt: str = "auto", class_spec: str = "voc", labels: str | None = None,

@@ -12,6 +12,7 @@ Files are only read when an id is looked up, through the restricted unpickler.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +23,39 @@ import numpy as np
 from ..classes import ImageLabels
 from ..errors import FormatError, OrandError
 from .formats import CAM_FORMATS, CamRecord, get_format, structural_candidates
-from .safe_pickle import safe_load_npy
+from .safe_pickle import safe_load_npy, safe_load_npz
 
 DETECTION_SAMPLE = 16
+NOTHING_READ = "no sampled file could be read"
 
 
 def cam_files(folder: Path) -> list[Path]:
     """The CAM files of a folder (``.npy``/``.npz``; hidden and temporary files are ignored), sorted."""
     return sorted(p for p in folder.iterdir()
                   if p.suffix in (".npy", ".npz") and not p.name.startswith(".") and p.is_file())
+
+
+def undecodable_name(path: Path) -> str | None:
+    """The name of a file whose name is not valid UTF-8, shown as its bytes (image ids are stored as UTF-8 text);
+    None for a valid name.
+
+    >>> undecodable_name(Path("2007_000032.npy")) is None, undecodable_name(Path(os.fsdecode(b"x\\xff.npy")))
+    (True, "b'x\\\\xff.npy'")
+    """
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(os.fsencode(path.name))
+    return None
+
+
+def check_names(folder: Path, files: list[Path]) -> None:
+    """Refuse a folder holding a file whose name is not UTF-8 (its id could not be stored or listed)."""
+    bad = [name for name in map(undecodable_name, files) if name is not None]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise FormatError(f"{folder}: the file name {bad[0]} is not valid UTF-8{more}; image ids are stored as UTF-8 "
+                          f"text: rename it, or move it out of the folder")
 
 
 def file_ids(files: list[Path]) -> tuple[list[str], str]:
@@ -51,11 +76,7 @@ def file_ids(files: list[Path]) -> tuple[list[str], str]:
 def load_cam_object(path: Path) -> object:
     """The raw object of one CAM file (dict for pickled dumps and npz)."""
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
-        except (ValueError, OSError, EOFError) as exc:
-            raise FormatError(f"{path}: corrupt or truncated .npz ({exc})") from None
+        return safe_load_npz(path)
     return safe_load_npy(path)
 
 
@@ -115,7 +136,7 @@ def detect_format(files: list[Path], ids: list[str], labels: ImageLabels | None 
         if cands == ["mctformer", "crf-dict"] or cands == ["mctformer"]:
             objs.append((image_id, obj))
     if not seen:
-        return Detection(None, [], "no sampled file could be read", problems)
+        return Detection(None, [], NOTHING_READ, problems)
     if len(seen) > 1 and not set(seen) <= {"mctformer", "mctformer/crf-dict"}:
         detail = "; ".join(f"{k}: {', '.join(v[:3])}" for k, v in seen.items())
         return Detection(None, sorted(seen), f"files of different layouts ({detail})", problems)
@@ -139,10 +160,13 @@ class CamSource(Mapping):
         files = cam_files(self.path)
         if not files:
             raise OrandError(f"{self.path}: no .npy or .npz CAM files in this folder")
+        check_names(self.path, files)
         stems, self.stripped_suffix = file_ids(files)
         self.files: dict[str, Path] = dict(zip(stems, files))
         if format == "auto":
             det = detect_format(files, stems, labels)
+            if det.format is None and det.reason == NOTHING_READ:
+                raise FormatError(det.problems[0])  # why the (first) file was refused names it
             if det.format is None:
                 hint = (f"name it with --format-a/--format-b (fuse) or --format: {' or '.join(det.candidates)}"
                         if det.candidates else f"'orand-addon inspect {self.path}' shows what it found")
@@ -199,8 +223,14 @@ class StoreCamSource(Mapping):
         self.kind = kind
         self.format = "h5"
         self.store = Store(self.path, mode="r")
-        if kind not in self.store.kinds():
-            raise OrandError(f"{self.path}: no kind {kind!r} in the store (has: {', '.join(self.store.kinds()) or 'none'})")
+        try:
+            if kind not in self.store.kinds():
+                have = ", ".join(self.store.kinds()) or "none"
+                raise OrandError(f"{self.path}: no kind {kind!r} in the store (has: {have})")
+            self.store.check_entries(kind)
+        except OrandError:
+            self.store.close()
+            raise
         self._ids = self.store.ids(kind)
         self._id_set = set(self._ids)
 
@@ -208,7 +238,7 @@ class StoreCamSource(Mapping):
         return image_id in self._id_set
 
     def __getitem__(self, image_id: str) -> CamRecord:
-        maps, keys = self.store.read_maps(self.kind, image_id)
+        maps, keys = self.store.read_maps(self.kind, image_id, finite=False)  # the reader's --value-policy decides
         return CamRecord(keys=keys, maps=maps)
 
     def __iter__(self) -> Iterator[str]:

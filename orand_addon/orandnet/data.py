@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import StoreError
+from ..errors import OrandError, StoreError
 from ..runtime.workers import ignore_sigint
 from ..store.store import Store
 
 INPUT_KIND, TARGET_KIND = "or", "and"
+READ_ERROR = "read_error"
 T = TypeVar("T")
 
 
@@ -158,6 +159,8 @@ def group_steps(items: Iterable[T], per_step: int) -> Iterator[list[T]]:
     """
     group: list[T] = []
     for item in items:
+        if isinstance(item, dict) and READ_ERROR in item:  # what a DataLoader worker could not read (OrAndMaps)
+            raise StoreError(item[READ_ERROR])
         group.append(item)
         if len(group) == per_step:
             yield group
@@ -182,8 +185,13 @@ class OrAndMaps(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         store, image_id = self._open(), self.ids[index]
-        inputs, keys = store.read_maps(INPUT_KIND, image_id)
-        targets, _ = store.read_maps(TARGET_KIND, image_id)
+        try:  # maps holding NaN/Inf, or an entry a reader refuses: one line naming the id
+            inputs, keys = store.read_maps(INPUT_KIND, image_id)
+            targets, _ = store.read_maps(TARGET_KIND, image_id)
+        except OrandError as exc:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            return {"id": image_id, READ_ERROR: str(exc)}  # a DataLoader worker would wrap it in its traceback
         return {"id": image_id, "keys": torch.from_numpy(keys), "input": torch.from_numpy(inputs),
                 "target": torch.from_numpy(targets)}
 

@@ -157,6 +157,11 @@ class PredictStage(Stage):
                  device: torch.device):
         self.store_path, self.config, self.command, self.dtype = Path(store_path), config, command, config.dtype
         model, ckpt = load_orandnet(checkpoint)
+        diverged = [name for name, value in model.state_dict().items()
+                    if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+        if diverged:
+            raise OrandError(f"{checkpoint}: {len(diverged)} weight tensors hold NaN/Inf (e.g. {diverged[0]}): the "
+                             f"training diverged; train again (a lower --lr)")
         model.eval().to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
         activation = score_to_map((ckpt.get("train_config") or {}).get("loss"))
         self.job = _Job(model, device, resolve_precision(device, config.precision),
@@ -206,6 +211,10 @@ class PredictStage(Stage):
         maps = predict_maps(job.model, torch.from_numpy(np.concatenate([m for m, _ in read])), job.batch_size,
                             job.device, job.precision, job.activation).numpy()
         parts = np.split(maps, np.cumsum([len(keys) for _, keys in read])[:-1])
+        for image_id, part in zip(unit, parts):
+            if not np.isfinite(part).all():
+                raise OrandError(f"{image_id}: ORANDNet gave non-finite maps (NaN/Inf) from finite /{INPUT_KIND} maps; "
+                                 f"nothing of it was written (try --precision fp32)")
         return [ImageResult(i, maps={OUTPUT_KIND: (part, keys)}) for i, part, (_, keys) in zip(unit, parts, read)]
 
     def summary(self, report: StageReport) -> list[str]:

@@ -276,7 +276,15 @@ class Store:
         version = self.h5.attrs.get("layout_version")
         if version is None:
             raise StoreError(f"{self.path}: not an orand-addon store (no layout_version attribute)")
-        if int(version) > LAYOUT_VERSION:
+        try:
+            version = int(np.asarray(version).reshape(-1)[0])
+            names = self.class_names
+        except (TypeError, ValueError, IndexError, KeyError, UnicodeDecodeError):
+            raise StoreError(f"{self.path}: not an orand-addon store (unreadable layout_version or class_names)"
+                             ) from None
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise StoreError(f"{self.path}: class_names must list background and at least one class, once each")
+        if version > LAYOUT_VERSION:
             raise StoreError(f"{self.path}: layout_version {int(version)} is newer than this orand-addon understands")
         if class_names is not None and list(class_names) != self.class_names:
             raise StoreError(
@@ -293,11 +301,26 @@ class Store:
     # -- metadata --------------------------------------------------------------------------------------------
     @property
     def class_names(self) -> list[str]:
-        return [n.decode() if isinstance(n, bytes) else str(n) for n in self.h5.attrs["class_names"]]
+        names = np.asarray(self.h5.attrs["class_names"]).reshape(-1)
+        if names.dtype.kind not in "OSU":
+            raise TypeError("class_names are not strings")
+        return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
     @property
     def provenance(self) -> dict:
-        return json.loads(self.h5.attrs.get("provenance", "{}"))
+        return self._json_attr(self.h5, "the root's provenance") or {}
+
+    def _json_attr(self, obj: h5py.HLObject, what: str) -> dict | None:
+        text = obj.attrs.get("provenance")
+        if text is None:
+            return None
+        try:
+            value = json.loads(text.decode() if isinstance(text, bytes) else text)
+        except (ValueError, TypeError, AttributeError):
+            raise StoreError(f"{self.path}: {what} is not a JSON record (the store was edited)") from None
+        if not isinstance(value, dict):
+            raise StoreError(f"{self.path}: {what} is not a JSON object (the store was edited)")
+        return value
 
     def set_provenance(self, record: dict) -> None:
         with self._guard():
@@ -306,8 +329,7 @@ class Store:
     def group_provenance(self, group: str) -> dict | None:
         if group not in self.h5:
             return None
-        text = self.h5[group].attrs.get("provenance")
-        return json.loads(text) if text is not None else None
+        return self._json_attr(self.h5[group], f"/{group}'s provenance")
 
     def begin(self, groups: Iterable[str], command: str, parameters: dict, force: bool = False) -> None:
         """Declare that ``command`` with ``parameters`` writes ``groups``.
@@ -346,27 +368,131 @@ class Store:
         """Map kinds present (groups other than masks/seeds)."""
         return [g for g in self.groups() if g not in MASK_GROUPS]
 
+    def _group(self, group: str) -> h5py.Group | None:
+        obj = self.h5.get(group) if group in self.h5 else None
+        return obj if isinstance(obj, h5py.Group) else None
+
     def ids(self, group: str) -> list[str]:
-        if group not in self.h5:
+        grp = self._group(group)
+        if grp is None:
             return []
-        return sorted(n for n in self.h5[group] if not n.startswith(TMP_PREFIX))
+        return sorted(n for n in grp if not n.startswith(TMP_PREFIX))
 
     def has(self, group: str, image_id: str) -> bool:
-        return group in self.h5 and image_id in self.h5[group]
+        grp = self._group(group)
+        return grp is not None and image_id in grp
+
+    def foreign_entries(self, group: str) -> list[str]:
+        """Names under ``/group`` that are not datasets (a nested group, a named type): a layout orand-addon never
+        writes. Reads each entry's header only (~10 us an id)."""
+        grp = self._group(group)
+        if grp is None:
+            return []
+        found: list[str] = []
+
+        def visit(name: bytes) -> None:
+            try:
+                kind = h5py.h5o.get_info(grp.id, name).type
+            except (KeyError, OSError, RuntimeError):  # a dangling link
+                kind = None
+            if kind != h5py.h5o.TYPE_DATASET:
+                found.append(name.decode("utf-8", "replace"))
+
+        grp.id.links.iterate(visit)
+        return sorted(found)
+
+    def check_entries(self, group: str) -> None:
+        """One line naming the first entry of ``/group`` that is not a dataset (see :meth:`foreign_entries`)."""
+        foreign = self.foreign_entries(group)
+        if foreign:
+            more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+            raise StoreError(f"{self.path}: /{group}/{foreign[0]} is not a dataset{more}: a layout orand-addon does "
+                             f"not write")
+
+    # -- reading, checked (a store edited by hand or by another tool never crashes a reader) --------------------
+    def _entry(self, group: str, image_id: str, what: str) -> h5py.Dataset:
+        """``/group/image_id`` as a dataset; anything else is a one-line error naming the store and the entry."""
+        if not self.has(group, image_id):
+            raise StoreError(f"{self.path}: no /{group}/{image_id}")
+        try:
+            obj = self._group(group).get(image_id)
+        except (KeyError, OSError, RuntimeError) as exc:  # a dangling link
+            reason = " ".join(str(exc).split())
+            raise StoreError(f"{self.path}: /{group}/{image_id} cannot be read ({reason})") from None
+        if not isinstance(obj, h5py.Dataset):
+            found = "a group" if isinstance(obj, h5py.Group) else type(obj).__name__
+            raise StoreError(f"{self.path}: /{group}/{image_id} is {found}, not {what} (a layout orand-addon does not "
+                             f"write)")
+        return obj
+
+    def _checked_size(self, ds: h5py.Dataset, where: str, per_value: int) -> None:
+        """Refuse an entry (or its chunks) over the input limit before reading it."""
+        from ..io.limits import OverLimit, check_cost, describe_shape, shape_elements
+
+        try:
+            check_cost(f"{where}, {describe_shape(ds.shape)} {ds.dtype},",
+                       shape_elements(ds.shape) * max(per_value, ds.dtype.itemsize))
+            if ds.chunks is not None:
+                check_cost(f"{where}'s chunks of {describe_shape(ds.chunks)}",
+                           shape_elements(ds.chunks) * ds.dtype.itemsize)
+        except OverLimit as exc:
+            from ..io.limits import refusal
+
+            raise refusal(str(self.path), exc) from None
+
+    def _map_dataset(self, kind: str, image_id: str) -> h5py.Dataset:
+        where = f"/{kind}/{image_id}"
+        ds = self._entry(kind, image_id, "a map dataset")
+        if ds.ndim != 3:
+            raise StoreError(f"{self.path}: {where} must be maps (K, H, W), got shape {ds.shape}")
+        if ds.dtype.kind not in "fiu":
+            what = "complex values" if ds.dtype.kind == "c" else f"{ds.dtype} values"
+            raise StoreError(f"{self.path}: {where} holds {what}, not real-valued maps")
+        if ds.shape[1] == 0 or ds.shape[2] == 0:
+            raise StoreError(f"{self.path}: {where} has empty {ds.shape[1]} x {ds.shape[2]} maps")
+        self._checked_size(ds, where, 4)
+        return ds
+
+    def _keys_of(self, ds: h5py.Dataset, kind: str, image_id: str) -> np.ndarray:
+        where = f"/{kind}/{image_id}"
+        if "keys" not in ds.attrs:
+            raise StoreError(f"{self.path}: {where} has no 'keys' attribute (its classes)")
+        try:
+            keys = np.asarray(ds.attrs["keys"]).reshape(-1)
+        except (OSError, TypeError, ValueError) as exc:
+            raise StoreError(f"{self.path}: {where} has an unreadable 'keys' attribute ({exc})") from None
+        if keys.dtype.kind not in "iu":
+            raise StoreError(f"{self.path}: {where} has 'keys' of type {keys.dtype}, not class indices")
+        keys = keys.astype(np.int64)
+        if keys.size != ds.shape[0]:
+            raise StoreError(f"{self.path}: {where} has {ds.shape[0]} maps but {keys.size} keys")
+        if getattr(self, "_foreground", None) is None:
+            self._foreground = len(self.class_names) - 1
+        limit = self._foreground
+        if keys.size and (keys.min() < 0 or keys.max() >= limit):
+            bad = int(keys.min()) if keys.min() < 0 else int(keys.max())
+            raise StoreError(f"{self.path}: {where} has class key {bad}, outside the store's {limit} classes")
+        return keys
 
     # -- maps ------------------------------------------------------------------------------------------------
-    def read_maps(self, kind: str, image_id: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(maps float32 (K, H, W), keys int64 (K,))``."""
-        if not self.has(kind, image_id):
-            raise StoreError(f"{self.path}: no /{kind}/{image_id}")
-        ds = self.h5[kind][image_id]
-        return ds[()].astype(np.float32), np.asarray(ds.attrs["keys"], dtype=np.int64).reshape(-1)
+    def read_maps(self, kind: str, image_id: str, finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``(maps float32 (K, H, W), keys int64 (K,))``; maps holding NaN/Inf are an error unless ``finite`` is
+        False (a reader with its own policy for them, as fuse's --value-policy)."""
+        ds = self._map_dataset(kind, image_id)
+        keys = self._keys_of(ds, kind, image_id)
+        maps = ds[()].astype(np.float32)
+        if finite:
+            bad = maps.size - int(np.isfinite(maps).sum())
+            if bad:
+                raise StoreError(f"{self.path}: /{kind}/{image_id} holds NaN/Inf ({bad} of {maps.size} values): the "
+                                 f"store was damaged or edited; rewrite /{kind} (its command with --overwrite)")
+        return maps, keys
 
     def read_keys(self, kind: str, image_id: str) -> np.ndarray:
-        return np.asarray(self.h5[kind][image_id].attrs["keys"], dtype=np.int64).reshape(-1)
+        return self._keys_of(self._map_dataset(kind, image_id), kind, image_id)
 
     def map_shape(self, kind: str, image_id: str) -> tuple[int, ...]:
-        return tuple(self.h5[kind][image_id].shape)
+        return tuple(self._map_dataset(kind, image_id).shape)
 
     def write_maps(self, kind: str, image_id: str, maps: np.ndarray, keys: Sequence[int],
                    dtype: str = "float16", attrs: dict | None = None) -> None:
@@ -384,9 +510,18 @@ class Store:
 
     # -- masks -----------------------------------------------------------------------------------------------
     def read_mask(self, group: str, image_id: str) -> np.ndarray:
-        if not self.has(group, image_id):
-            raise StoreError(f"{self.path}: no /{group}/{image_id}")
-        return self.h5[group][image_id][()]
+        """A uint8 (H, W) mask; an entry of another shape or type is a one-line error."""
+        where = f"/{group}/{image_id}"
+        ds = self._entry(group, image_id, "a mask dataset")
+        if ds.ndim != 2 or ds.dtype.kind not in "ui":
+            raise StoreError(f"{self.path}: {where} must be a mask (H, W) of integers, got shape {ds.shape} {ds.dtype}")
+        self._checked_size(ds, where, 1)
+        mask = ds[()]
+        if mask.dtype != np.uint8:
+            if mask.size and (mask.min() < 0 or mask.max() > 255):
+                raise StoreError(f"{self.path}: {where} holds values outside 0..255")
+            mask = mask.astype(np.uint8)
+        return mask
 
     def write_mask(self, group: str, image_id: str, mask: np.ndarray, attrs: dict | None = None) -> None:
         _check_id(image_id)
