@@ -249,8 +249,9 @@ def official_encdec_to_fcn(state: Mapping[str, torch.Tensor]) -> dict[str, torch
     for key, value in state.items():
         new = key
         if key.startswith("downsample"):
-            block, index, rest = key[len("downsample"):].split(".", 2)
-            new = f"features.{_OFFICIAL_BLOCKS[int(block)] + int(index)}.{rest}"
+            parts = key[len("downsample"):].split(".", 2)
+            if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and int(parts[0]) in _OFFICIAL_BLOCKS:
+                new = f"features.{_OFFICIAL_BLOCKS[int(parts[0])] + int(parts[1])}.{parts[2]}"
         else:
             for old, ours in _OFFICIAL_NAMES.items():
                 if key.startswith(old):
