@@ -42,6 +42,28 @@ ORANDNET_ARCHS: dict[str, str] = {
     "fcn8s-same": "pad to a multiple of 32, ~2x faster",
 }
 
+ORANDNET_CROPS: dict[str, str] = {
+    "aligned": "the centre crops of Long et al. (offsets 5, 9, 31): geometrically aligned",
+    "official": "the official EncDec rule: offset (big - small) // 2 of the height, used for both axes",
+}
+
+ORANDNET_LR_SCHEDULES: dict[str, str] = {
+    "poly": "poly decay over --iterations steps",
+    "official": "the official loop: poly over --iterations steps, then 2 more at the last lr (5,002 steps)",
+}
+
+MAP_NORMS: dict[str, str] = {
+    "max": "each class map divided by its own max (an all-zero map stays 0)",
+    "max-eps": "each class map divided by its max + 1e-5 (official encdec_pred.py)",
+}
+
+FUSED_KINDS: dict[str, str] = {
+    "or": "probabilistic OR, 1 - prod(1 - c_i)",
+    "and": "probabilistic AND, prod c_i",
+    "mean": "naive ensemble: the plain mean of the sources",
+    "mean-official": "the official simple_addition baseline: relu((a + b + 0.15) / 2) / (max + 1e-5), two sources",
+}
+
 SEG_MODELS: dict[str, str] = {
     "deeplabv2-resnet101": "DeepLab-v2, ASPP 6/12/18/24, OS 8 (WSSS standard)",
     "deeplabv2-resnet50": "DeepLab-v2 on ResNet-50, OS 8",
@@ -50,11 +72,46 @@ SEG_MODELS: dict[str, str] = {
     "deeplabv2-resnet18-os16": "lightest: ResNet-18 at OS 16, ASPP 3/6/9/12 (CPU demo, ~2.5x cheaper)",
     "deeplabv3-resnet101": "torchvision DeepLabV3, OS 8",
     "deeplabv3-resnet50": "torchvision DeepLabV3, OS 8",
+    "deeplabv1-resnet38": "DeepLab-v1 LargeFOV on ResNet-38 (PSA/SEAM), OS 8 (the paper's segmentation model)",
 }
 
 SEG_LOSSES: dict[str, str] = {
     "ce": "cross-entropy ignoring 255",
-    "balanced-ls-ce": "class-balanced (median frequency) cross-entropy with label smoothing",
+    "balanced-ls-ce": "class-balanced (median frequency) cross-entropy with label smoothing; our reading of the "
+                      "paper's L_ls,bce",
+}
+
+SCALE_SCHEDULES: dict[str, str] = {
+    "paper": "8@2,4@4,2@6: the paper's 2, 4, 6 read as end epochs ([0,2) 1/8, [2,4) 1/4, [4,6) 1/2)",
+    "paper-durations": "8:2,4:4,2:6: the paper's 2, 4, 6 read as phase lengths ([0,2) 1/8, [2,6) 1/4, [6,12) 1/2)",
+}
+
+SCORED_CLASSES: dict[str, str] = {
+    "all": "every class of the class set (VOC: 21, background included)",
+    "drop-last": "all but the last class: pixels whose ground truth or prediction is it are left out (the "
+                 "official ORANDNet evaluation scores 20 VOC classes, without tvmonitor)",
+}
+
+UNDEFINED_SCORES: dict[str, str] = {
+    "zero": "precision of a class never predicted / recall of a class absent from the ground truth is 0 and "
+            "counts in the means",
+    "nan": "such a score is NaN and left out of its mean (the official ORANDNet evaluation, np.nanmean)",
+}
+
+PRECISION_AWARE_RULES: dict[str, str] = {
+    "first-ge": "the first threshold of the sweep where mean precision >= mean recall (none if never)",
+    "official": "the first threshold where mean precision > mean recall, else the sweep's last (official "
+                "finding_best_thres over 0.10:0.80:0.01)",
+}
+
+IRN_LABEL_SAMPLING: dict[str, str] = {
+    "nearest": "PIL NEAREST at 1/4, as IRN: pixel 4i+2 of a 512 crop",
+    "top-left": "every fourth pixel from the corner (pixel 4i; orand-addon before recipes)",
+}
+
+RECIPES: dict[str, str] = {
+    "official": "the released ORANDNet code's behaviour wherever it is deterministic",
+    "paper": "the paper where it speaks, the released code where it is silent",
 }
 
 WALK_METHODS: dict[str, str] = {

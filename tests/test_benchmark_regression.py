@@ -17,14 +17,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from run import quality_metrics, regressions  # noqa: E402
+from run import allowance, quality_metrics, regressions  # noqa: E402
 
 
 @pytest.mark.slow
 def test_ci_sized_demo_has_no_quality_regression(tmp_path):
     out = tmp_path / "summary.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--size", "ci", "--json", str(out),
-                           "--baseline", str(ROOT / "benchmarks" / "baseline_ci.json"), "--tolerance", "2"],
+                           "--baseline", str(ROOT / "benchmarks" / "baseline_ci.json"), "--tolerance", "0.5",
+                           "--relative", "0.05"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no regression against" in proc.stdout
@@ -43,6 +44,18 @@ def test_gate_names_the_metrics_that_fell():
               "deeplab": [{"row": "DeepLab", "mIoU": 9.0, "precision": 20.0, "recall": 30.0}]}
     current = quality_metrics(record)
     baseline = {"OR mIoU": 40.5, "OR precision": 50.0, "DeepLab mIoU": 9.5, "AND mIoU": 30.0}
-    assert regressions(current, baseline, 2.0) == ["OR mIoU: 38.00 < baseline 40.50 - 2.0",
-                                                   "AND mIoU: missing (baseline 30.00)"]
-    assert regressions(current, {"OR mIoU": 39.9}, 2.0) == []
+    assert regressions(current, baseline, 2.0, 0.0) == ["OR mIoU: 38.00 < baseline 40.50 - 2.00",
+                                                        "AND mIoU: missing (baseline 30.00)"]
+    assert regressions(current, {"OR mIoU": 39.9}, 2.0, 0.0) == []
+
+
+def test_allowance_is_relative_to_each_row():
+    """max(0.5 points, 5 % of the row): a row near 2 can fail (a flat 2 points never could), a large row gets more
+    room than a flat 0.5."""
+    assert allowance(1.61) == 0.5 and allowance(57.54) == pytest.approx(2.877)
+    small = {"DeepLab mIoU": 1.61}
+    assert regressions({"DeepLab mIoU": 1.0}, small) == ["DeepLab mIoU: 1.00 < baseline 1.61 - 0.50"]
+    assert regressions({"DeepLab mIoU": 1.0}, small, 2.0, 0.0) == []  # the old flat rule let it through
+    assert regressions({"DeepLab mIoU": 1.2}, small) == []
+    large = {"recall": 57.54}
+    assert regressions({"recall": 55.0}, large) == [] and regressions({"recall": 54.6}, large) != []

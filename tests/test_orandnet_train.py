@@ -50,7 +50,7 @@ def eval_loss(model: torch.nn.Module, store, image_id: str, reference) -> float:
 
 @pytest.mark.parametrize("loss,reference", [("official", reference_official), ("bg-softmax", reference_bg_softmax)])
 def test_a_few_iterations_lower_the_loss(store, tmp_path, loss, reference):
-    config = TrainConfig(iterations=8, lr=0.05, weight_decay=0, loss=loss, ids=(MULTI,), arch="fcn8s-same", **TINY)
+    config = TrainConfig(iterations=8, lr=0.05, momentum=0.9, weight_decay=0, loss=loss, ids=(MULTI,), arch="fcn8s-same", **TINY)
     ckpt = train_orandnet(store, tmp_path / "run", config, echo=lambda _: None)
     seed_everything(config.seed)
     before = eval_loss(build_model("fcn8s-same", 8), store, MULTI, reference)
@@ -102,7 +102,8 @@ def assert_same_state(a, b):
 
 
 def test_ctrl_c_saves_and_resume_continues_exactly(store, tmp_path, monkeypatch):
-    common = ["train", "--store", store, "--iterations", 6, "--lr", 0.01, "--loss", "bg-softmax", *TINY_ARGS]
+    common = ["train", "--store", store, "--iterations", 6, "--lr", 0.01, "--momentum", 0.9, "--loss", "bg-softmax",
+              *TINY_ARGS]  # momentum: the resumed run must continue its buffers too
     res = run(*common, "--out", tmp_path / "straight")
     assert res.exit_code == 0, res.output
     assert "skipped 1 images with no classes (nothing to learn): 2099_000001" in res.output
@@ -121,7 +122,7 @@ def test_ctrl_c_saves_and_resume_continues_exactly(store, tmp_path, monkeypatch)
 
 
 def test_periodic_checkpoint_survives_a_crash(store, tmp_path, monkeypatch):
-    config = TrainConfig(iterations=6, lr=0.01, checkpoint_every=2, loss="bg-softmax", **TINY)
+    config = TrainConfig(iterations=6, lr=0.01, momentum=0.9, checkpoint_every=2, loss="bg-softmax", **TINY)
     train_orandnet(store, tmp_path / "straight", config, echo=lambda _: None)
     with monkeypatch.context() as m:
         interrupt_after(m, 5, "crash")

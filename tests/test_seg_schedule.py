@@ -85,3 +85,14 @@ def test_cli_refuses_bad_schedule_before_reading_anything(tmp_path, schedule, ep
     assert res.output.startswith("orand-addon: error: ") and message in res.output
     assert len(res.output.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_the_two_readings_of_the_paper_by_name():
+    """'8, 4, 2 for the initial 2, 4 and 6 epochs': end epochs (paper, the default) or phase lengths."""
+    assert [factor_for_epoch(parse_schedule("paper"), e) for e in range(8)] == table([(8, 0, 1), (4, 2, 3),
+                                                                                      (2, 4, 5)], 8)
+    assert [factor_for_epoch(parse_schedule("paper-durations"), e) for e in range(14)] == table(
+        [(8, 0, 1), (4, 2, 5), (2, 6, 11)], 14)
+    assert format_schedule(parse_schedule("paper")) == "8:2,4:2,2:2"  # the default spelling
+    with pytest.raises(OrandError, match="'paper-lengths' is not factor:epochs or factor@end"):
+        parse_schedule("paper-lengths")

@@ -130,6 +130,39 @@ def _set_input_limit(ctx: click.Context, param: click.Parameter, value: float | 
     ctx.call_on_close(restore)
 
 
+def apply_recipe(ctx: click.Context, command: str, name: str) -> None:
+    """Put recipe ``name``'s defaults for ``command`` into ``ctx.default_map``, beneath those already there (from
+    ``--config``); options given on the command line win over both."""
+    from ..recipes import recipe_section
+
+    section = recipe_section(name, command)
+    names = option_names(ctx.command)
+    unknown = sorted(k for k in section if k not in names)
+    if unknown:  # a bundled file out of step with the command: a bug
+        raise RuntimeError(f"recipe {name} sets unknown {command} options {unknown}")
+    ctx.default_map = {**{names[k]: v for k, v in section.items()}, **(ctx.default_map or {})}
+
+
+def recipe_option(command: str):
+    """``--recipe official|paper`` for ``command``: option defaults from the bundled TOML recipe.
+
+    Precedence, highest first: the command line, ``--config FILE`` (its ``[command]`` section, which may itself
+    name a ``recipe``), the recipe, the built-in defaults.
+    """
+    from ..registries import RECIPES, help_text
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value:
+            apply_recipe(ctx, command, value)
+        return value
+
+    return click.option(
+        "--recipe", type=click.Choice(list(RECIPES)), default=None, is_eager=True, expose_value=False,
+        callback=callback,
+        help=f"Option defaults from a bundled recipe ({help_text(RECIPES)}); options given on the command line "
+             f"or in --config win. Every choice: docs/notes/recipes.md.")
+
+
 @click.group(cls=OrandGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="orand-addon", prog_name="orand-addon")
 @click.option("--max-input-mb", type=click.FloatRange(min=1), default=None, metavar="MB", expose_value=False,

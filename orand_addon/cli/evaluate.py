@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
+from ..registries import PRECISION_AWARE_RULES, SCORED_CLASSES, UNDEFINED_SCORES, help_text
+from . import recipe_option
 from .common import FORMAT_CHOICES, class_options, echo_lines, progress_option, workers_option
+
+
+def from_defaults(ctx: click.Context, name: str) -> bool:
+    """Whether option ``name`` took its value from ``ctx.default_map`` (a recipe or a --config file)."""
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT_MAP
 
 
 def _has_npy(pred: str) -> bool:
@@ -34,6 +41,14 @@ def _has_npy(pred: str) -> bool:
 @click.option("--unsure", type=click.Choice(["miss", "ignore"]), default="miss", show_default=True,
               help="Mask value 255 (no prediction, e.g. IRN seeds): miss counts the pixel against its class's "
                    "recall and IoU; ignore leaves it out like void ground truth.")
+@click.option("--scored-classes", type=click.Choice(list(SCORED_CLASSES)), default="all", show_default=True,
+              help=help_text(SCORED_CLASSES) + ".")
+@click.option("--undefined-as", "undefined", type=click.Choice(list(UNDEFINED_SCORES)), default="zero",
+              show_default=True, help=help_text(UNDEFINED_SCORES) + ". A class absent from both sides is always "
+                                      "left out.")
+@click.option("--precision-rule", type=click.Choice(list(PRECISION_AWARE_RULES)), default="first-ge",
+              show_default=True, help="The precision-aware threshold of a sweep: " + help_text(PRECISION_AWARE_RULES)
+                                      + ".")
 @click.option("--resize-pred", is_flag=True,
               help="Resize predictions whose size differs from the ground truth (maps bilinear, masks nearest) "
                    "instead of stopping.")
@@ -55,6 +70,7 @@ def _has_npy(pred: str) -> bool:
 @class_options
 @workers_option
 @progress_option
+@recipe_option("evaluate")
 def evaluate(**kw) -> None:
     """Score predictions against ground truth: per-class IoU, precision, recall, FP/union, FN/union and their
     means over all classes (background included), counted over the whole dataset.
@@ -69,14 +85,22 @@ def evaluate(**kw) -> None:
           --baseline last.json --tolerance 0.5
 
     Maps become masks with a constant background threshold; --sweep finds the best-mIoU threshold and the
-    precision-aware one (the first where mean precision >= mean recall). Exit status: 0 ok, 1 below the
-    baseline, 2 bad input.
+    precision-aware one (--precision-rule). --recipe official scores as the released ORANDNet code: 20 VOC
+    classes, NaN-excluded means, its threshold rule, background threshold 0.25 (a --bg-thres from a recipe or
+    --config is ignored for masks and gives way to --sweep). Exit status: 0 ok, 1 below the baseline, 2 bad
+    input.
+
+    \b
+      orand-addon evaluate --pred fused.h5:orandnet --gt VOC2012/SegmentationClassAug --ids train --recipe official
     """
     from ..classes import get_class_set, load_labels, read_id_list
     from ..evaluation.stage import evaluate as run_evaluate
     from ..evaluation.predictions import PredSpec
     from ..evaluation.results import gate, result_dict, table_lines, write_csv, write_json
 
+    default_thres = None
+    if kw["bg_thres"] is not None and from_defaults(click.get_current_context(), "bg_thres"):
+        default_thres, kw["bg_thres"] = kw["bg_thres"], None  # a recipe's or --config's: for maps, if no --sweep
     if kw["bg_thres"] is not None and kw["sweep"] is not None:
         raise click.UsageError("give either --bg-thres or --sweep, not both")
     if kw["report"]:
@@ -93,7 +117,8 @@ def evaluate(**kw) -> None:
     result = run_evaluate(
         kw["pred"], kw["gt"], ids, bg_thres=kw["bg_thres"], sweep=kw["sweep"], classes=class_set,
         format=kw["cam_format"], labels=labels, unsure=kw["unsure"], resize_pred=kw["resize_pred"],
-        workers=kw["workers"], progress=kw["progress"],
+        workers=kw["workers"], progress=kw["progress"], scored_classes=kw["scored_classes"],
+        undefined=kw["undefined"], precision_rule=kw["precision_rule"], default_bg_thres=default_thres,
     )
     echo_lines(table_lines(result))
     doc = result_dict(result)

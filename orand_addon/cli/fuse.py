@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..registries import FUSED_KINDS, help_text
+from . import recipe_option
 from .common import FORMAT_CHOICES, class_options, command_line, echo_lines, progress_option, workers_option
 
 SOURCE_LETTERS = "abcd"
@@ -34,7 +36,8 @@ def _source_options(f):
               help="What to do with ids absent from a source.")
 @click.option("--images", type=click.Path(file_okay=False), default=None,
               help="Image folder; maps are resized to the true image size (default: the largest map size).")
-@click.option("--kinds", default="or,and,mean", show_default=True, help="Fused kinds to write (or, and, mean).")
+@click.option("--kinds", default="or,and,mean", show_default=True,
+              help="Fused kinds to write, comma-separated: " + help_text(FUSED_KINDS) + ".")
 @click.option("--fusion-norm", type=click.Choice(["max", "none"]), default="max", show_default=True,
               help="max: divide each fused class map by its max (paper Eq. 1); none: raw a+b-ab and ab as the "
                    "official AMN+MCTformer code.")
@@ -50,6 +53,7 @@ def _source_options(f):
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="The HDF5 store to write (or resume).")
 @workers_option
 @progress_option
+@recipe_option("fuse")
 def fuse(**kw) -> None:
     """Fuse the CAMs of two methods into OR, AND and mean maps (paper Eq. 1) in one HDF5 store.
 
@@ -58,6 +62,7 @@ def fuse(**kw) -> None:
       orand-addon fuse --cams-a amn/ --cams-b mct/ --out fused.h5
       orand-addon fuse --cams-a amn/ --cams-b mct/ --ids train_aug --fusion-norm none --out fused.h5
       orand-addon fuse --cams-a resnet/ --cams-b vit/ --format-b orandnet --shift-b 0.15 --out fused.h5
+      orand-addon fuse --cams-a amn/ --cams-b mct/ --recipe official --out fused.h5   # the released code's maps
 
     A rerun of the same command skips the ids already written, so an interrupted run resumes.
 

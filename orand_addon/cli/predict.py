@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..registries import MAP_NORMS, help_text
+from . import recipe_option
 from .common import command_line, device_option, dtype_option, overwrite_option, precision_option, progress_option
 
 
@@ -11,15 +13,18 @@ from .common import command_line, device_option, dtype_option, overwrite_option,
 @click.option("--store", "store_path", type=click.Path(dir_okay=False), required=True,
               help="HDF5 store with kind or; kind orandnet is added to it.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True,
-              help="RUN_DIR/last.pt written by 'orand-addon train'.")
+              help="RUN_DIR/last.pt written by 'orand-addon train', or the official EncDec state dict (encdec*.pth).")
 @click.option("--batch-size", type=click.IntRange(0, 4096), default=0, show_default=True,
               help="Class maps per forward pass (images of one size are batched together); 0: 16 on a GPU, 4 on CPU.")
 @click.option("--ids", type=click.Path(), default=None, help="Only these ids: a list file or train/train_aug/val.")
+@click.option("--map-norm", type=click.Choice(list(MAP_NORMS)), default="max", show_default=True,
+              help=help_text(MAP_NORMS) + ".")
 @precision_option
 @dtype_option
 @overwrite_option("an orandnet kind")
 @device_option
 @progress_option
+@recipe_option("predict")
 def predict(store_path: str, checkpoint: str, ids: str | None, **kw) -> None:
     """Write ORANDNet maps (kind orandnet): ReLU (official loss) or sigmoid (bce, bg-softmax) of the scores, then
     each class map divided by its own max.
@@ -31,6 +36,7 @@ def predict(store_path: str, checkpoint: str, ids: str | None, **kw) -> None:
     Examples:
       orand-addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt
       orand-addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt --batch-size 32 --device cuda:1
+      orand-addon predict --store fused.h5 --checkpoint encdec.pth --recipe official   # the released weights
       orand-addon export --store fused.h5 --kind orandnet --to irn --out orandnet_cams/
 
     \b

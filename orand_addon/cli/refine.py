@@ -6,8 +6,30 @@ from __future__ import annotations
 
 import click
 
+from ..registries import IRN_LABEL_SAMPLING, help_text
+from . import recipe_option
 from .common import (command_line, device_option, dtype_option, echo_lines, precision_option, progress_option,
                      seed_option)
+
+
+def parse_edge_pad(text: str) -> int | None:
+    """``--edge-pad``: ``auto`` -> None (the IRN checkpoint's crop size), ``none`` -> 0, or a size in pixels.
+
+    >>> parse_edge_pad("auto"), parse_edge_pad("none"), parse_edge_pad("512")
+    (None, 0, 512)
+    """
+    text = str(text).strip().lower()
+    if text == "auto":
+        return None
+    if text in ("none", "0"):
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise click.BadParameter(f"{text!r}: expected auto, none or a size in pixels", param_hint="--edge-pad")
+    return value
 
 
 def _seed_opts(f):
@@ -37,6 +59,11 @@ def _train_opts(f):
         click.option("--dp-lr", type=float, default=1.0, show_default=True, help="Displacement-head learning rate."),
         click.option("--backbone-lr", type=float, default=None, help="Trainable backbone learning rate (default: --lr)."),
         click.option("--weight-decay", type=float, default=1e-4, show_default=True),
+        click.option("--momentum", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                     help="SGD momentum (IRN's PolyOptimizer effectively used 1e-4)."),
+        click.option("--label-sampling", type=click.Choice(list(IRN_LABEL_SAMPLING)), default="nearest",
+                     show_default=True, help="Stride-4 labels of the training crops: " + help_text(IRN_LABEL_SAMPLING)
+                     + "."),
         precision_option,
         click.option("--checkpoint-every", type=click.IntRange(1, None), default=100, show_default=True,
                      help="Save RUN_DIR/irn_last.pt every N steps."),
@@ -61,6 +88,9 @@ def _walk_opts(f):
                      help="Constant background score of the masks."),
         click.option("--cam-power", type=float, default=1.0, show_default=True,
                      help="Raise the stride-4 maps to this power before the walk (AMN: 1.3)."),
+        click.option("--edge-pad", default="auto", show_default=True,
+                     help="Zero-pad each image (and its flip) on the right and bottom to NxN before the boundary "
+                          "network, then crop back, as IRN (512); auto: the IRN training crop size; none: off."),
         dtype_option,
     ]):
         f = decorator(f)
@@ -91,6 +121,7 @@ def _walk_opts(f):
 @device_option
 @seed_option
 @progress_option
+@recipe_option("refine")
 def refine(**kw) -> None:
     """Refine stored maps with IRN: seeds + dense CRF -> /seeds, IRN training -> RUN_DIR/irn.pt, random walk ->
     kind rw and /masks (uint8 pseudo-masks).
@@ -125,10 +156,12 @@ def refine(**kw) -> None:
     seed_options = SeedOptions(kw["fg_thres"], kw["bg_thres"], CrfParams(iterations=kw["crf_iterations"]))
     train_options = TrainOptions(
         crop_size=kw["crop_size"], batch_size=kw["batch_size"], epochs=kw["epochs"], lr=kw["lr"], dp_lr=kw["dp_lr"],
-        backbone_lr=kw["backbone_lr"], weight_decay=kw["weight_decay"], backbone=kw["backbone"],
-        pretrained=kw["pretrained"], max_steps=kw["max_steps"], seed=kw["seed"])
+        backbone_lr=kw["backbone_lr"], weight_decay=kw["weight_decay"], momentum=kw["momentum"],
+        label_sampling=kw["label_sampling"], backbone=kw["backbone"], pretrained=kw["pretrained"],
+        max_steps=kw["max_steps"], seed=kw["seed"])
     walk_options = WalkOptions(beta=kw["beta"], exp_times=kw["exp_times"], radius=kw["radius"],
-                               bg_thres=kw["sem_seg_bg_thres"], cam_power=kw["cam_power"], dtype=kw["dtype"])
+                               bg_thres=kw["sem_seg_bg_thres"], cam_power=kw["cam_power"], dtype=kw["dtype"],
+                               edge_pad=parse_edge_pad(kw["edge_pad"]))
     config = RefineConfig(
         steps=kw["steps"], run_dir=kw["run_dir"], seeds_png=kw["seeds_png"],
         ids=tuple(read_id_list(kw["ids"])) if kw["ids"] else None, seed_options=seed_options,

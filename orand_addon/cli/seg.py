@@ -8,8 +8,9 @@ import math
 
 import click
 
-from ..registries import SEG_LOSSES, SEG_MODELS
+from ..registries import SCALE_SCHEDULES, SEG_LOSSES, SEG_MODELS, help_text
 from ..runtime.distributed import DistInfo
+from . import recipe_option
 from .common import (command_line, device_option, echo_lines, precision_option, progress_option, seed_option,
                      workers_option)
 
@@ -53,7 +54,8 @@ def parse_floats(text: str, option: str, count: int | None = None, maximum: floa
 @click.option("--model", default="deeplabv2-resnet101", show_default=True, help=f"One of: {', '.join(SEG_MODELS)}.")
 @click.option("--scale-schedule", default="8:2,4:2,2:2", show_default=True,
               help="factor:epochs phases in order, then full size (8:2,4:2,2:2 = epochs 1-2 at 1/8, 3-4 at 1/4, "
-                   "5-6 at 1/2); factor@end spells end epochs (8@2,4@4,2@6 is the same); none: off.")
+                   "5-6 at 1/2); factor@end spells end epochs (8@2,4@4,2@6 is the same); none: off; or a name: "
+                   + help_text(SCALE_SCHEDULES) + ".")
 @click.option("--epochs", type=int, default=20, show_default=True)
 @click.option("--batch-size", type=int, default=10, show_default=True,
               help="Images per step, all processes together (under torchrun each takes batch-size / N).")
@@ -66,11 +68,11 @@ def parse_floats(text: str, option: str, count: int | None = None, maximum: floa
 @click.option("--momentum", type=float, default=0.9, show_default=True)
 @click.option("--weight-decay", type=float, default=5e-4, show_default=True)
 @click.option("--power", type=float, default=0.9, show_default=True, help="Poly learning-rate decay power.")
-@click.option("--loss", default="ce", show_default=True,
-              help=f"One of: {', '.join(SEG_LOSSES)} (label-smoothed class-balanced CE).")
+@click.option("--loss", default="ce", show_default=True, help=help_text(SEG_LOSSES) + ".")
 @click.option("--smoothing", type=float, default=0.1, show_default=True, help="Label smoothing of balanced-ls-ce.")
 @click.option("--pretrained", default="imagenet", show_default=True,
-              help="Backbone weights: imagenet (offline torch hub cache), a file, or none (from scratch).")
+              help="Backbone weights: imagenet (offline torch hub cache; deeplabv1-resnet38: PSA/SEAM's "
+                   "ilsvrc-cls_rna-a1_cls1000_ep-0001.params or a PSA-key .pth there), a file, or none (from scratch).")
 @click.option("--bn", type=click.Choice(["auto", "frozen", "train"]), default="auto", show_default=True,
               help="Backbone batch norm; auto: frozen with pretrained weights, trained from scratch.")
 @click.option("--classes", "class_spec", default=None,
@@ -81,6 +83,7 @@ def parse_floats(text: str, option: str, count: int | None = None, maximum: floa
 @workers_option
 @seed_option
 @progress_option
+@recipe_option("train-seg")
 def train_seg(**kw) -> None:
     """Train DeepLab on images + pseudo-masks with scale scheduling.
 
@@ -91,6 +94,7 @@ def train_seg(**kw) -> None:
       orand-addon train-seg ... --out runs/deeplab --resume            # after Ctrl-C
       orand-addon train-seg ... --scale-schedule 8@2,4@4,2@6           # the same schedule, end epochs
       orand-addon train-seg ... --scale-schedule none --model deeplabv3-resnet101
+      orand-addon train-seg ... --recipe paper     # DeepLab-v1 LargeFOV on ResNet-38, balanced-ls-ce, schedule
 
     Every input is checked before training starts. Ctrl-C saves RUN_DIR/last.pt; --resume continues exactly.
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..registries import ORANDNET_ARCHS, ORANDNET_LOSSES, help_text
+from ..registries import ORANDNET_ARCHS, ORANDNET_CROPS, ORANDNET_LOSSES, ORANDNET_LR_SCHEDULES, help_text
+from . import recipe_option
 from .common import device_option, precision_option, progress_option, seed_option, workers_option
 
 
@@ -21,15 +22,17 @@ from .common import device_option, precision_option, progress_option, seed_optio
                    "steps of torchrun --nproc-per-node N).")
 @click.option("--pretrained", default="imagenet", show_default=True,
               help="imagenet (torchvision's vgg16-397923af.pth from $TORCH_HOME/hub/checkpoints, offline), a "
-                   "weights file (VGG16 or ORANDNet), or none.")
+                   "weights file (VGG16, ORANDNet or the official EncDec encdec*.pth), or none.")
 @click.option("--loss", type=click.Choice(list(ORANDNET_LOSSES)), default="official", show_default=True,
               help=help_text(ORANDNET_LOSSES) + ".")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Base learning rate (poly decay).")
-@click.option("--momentum", type=float, default=0.9, show_default=True,
-              help="SGD momentum (the official code effectively used 1e-4).")
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True,
-              help="SGD weight decay (the official code effectively used 0).")
+@click.option("--momentum", type=float, default=0.0, show_default=True,
+              help="SGD momentum (the paper names none; the official run effectively used 1e-4).")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True,
+              help="SGD weight decay (paper: none).")
 @click.option("--power", type=float, default=0.9, show_default=True, help="Poly decay power.")
+@click.option("--lr-schedule", type=click.Choice(list(ORANDNET_LR_SCHEDULES)), default="poly", show_default=True,
+              help=help_text(ORANDNET_LR_SCHEDULES) + ".")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True,
               help="Save RUN_DIR/last.pt every N iterations (also at the end and on Ctrl-C).")
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR/last.pt exactly (same options required).")
@@ -37,6 +40,9 @@ from .common import device_option, precision_option, progress_option, seed_optio
               help="Train only on these ids: a list file or train/train_aug/val (bundled VOC lists).")
 @click.option("--arch", type=click.Choice(list(ORANDNET_ARCHS)), default="fcn8s", show_default=True,
               help=help_text(ORANDNET_ARCHS) + ".")
+@click.option("--crop", type=click.Choice(list(ORANDNET_CROPS)), default="aligned", show_default=True,
+              help="Crop rule of fcn8s (recorded in the checkpoint; predict uses it): "
+                   + help_text(ORANDNET_CROPS) + ".")
 @click.option("--width-div", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Divide every VGG16 channel count by N (tiny smoke-test models; ImageNet weights need 1).")
 @precision_option
@@ -44,6 +50,7 @@ from .common import device_option, precision_option, progress_option, seed_optio
 @workers_option
 @seed_option
 @progress_option
+@recipe_option("train")
 def train(store_path: str, out_dir: str, ids: str | None, resume: bool, **kw) -> None:
     """Train ORANDNet: the VGG16 FCN-8s that maps each class's OR map to its AND map.
 
@@ -55,7 +62,7 @@ def train(store_path: str, out_dir: str, ids: str | None, resume: bool, **kw) ->
       orand-addon train --store fused.h5 --out runs/orandnet
       orand-addon train --store fused.h5 --out runs/orandnet --resume
       orand-addon train --store fused.h5 --out runs/bg --loss bg-softmax --iterations 2000
-      orand-addon train --store fused.h5 --out runs/official --momentum 1e-4 --weight-decay 0   # official optimizer
+      orand-addon train --store fused.h5 --out runs/official --recipe official   # the released run's settings
       orand-addon train --store fused.h5 --out runs/scratch --pretrained none --device cpu
 
     \b

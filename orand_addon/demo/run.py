@@ -91,7 +91,8 @@ def _orandnet_stage(run: DemoRun, plan: DemoPlan, info) -> None:
     from ..runtime.files import load_checkpoint
 
     run_dir = run.out / "runs" / "orandnet"
-    config = TrainConfig(iterations=plan.orandnet_iterations, lr=1e-2, loss="official", pretrained="none",
+    config = TrainConfig(iterations=plan.orandnet_iterations, lr=1e-2, momentum=0.9, weight_decay=5e-4,
+                         loss="official", pretrained="none",
                          arch="fcn8s-same", width_div=plan.orandnet_width_div, seed=run.seed, device=run.device,
                          checkpoint_every=max(100, plan.orandnet_iterations // 5), progress=run.progress)
     last = run_dir / "last.pt"

@@ -12,8 +12,14 @@ all images, and the scores derived from it. Nothing is ever averaged per image.
 Per class k, with TP = conf[k, k], GT = pixels labelled k, Pred = pixels predicted k, union = GT + Pred − TP:
 IoU = TP / union, precision = TP / Pred, recall = TP / GT, FP/union = (Pred − TP) / union, FN/union =
 (GT − TP) / union. A class absent from both ground truth and prediction (union 0) has no score (NaN) and is left
-out of the means; a class present on one side only scores 0 where its denominator is empty (a class never
-predicted has precision 0, as in the reference evaluators). Means are over all classes, background included.
+out of the means. A class present on one side only has an empty precision (never predicted) or recall (absent from
+the ground truth) denominator: ``undefined="zero"`` (default) scores it 0 and counts it in the mean, as the
+reference evaluators; ``undefined="nan"`` makes it NaN and leaves it out of that mean, as the official ORANDNet
+evaluation (``np.nanmean``). Means are over all scored classes, background included.
+
+:func:`drop_last_class` restricts counts to the classes ``0..C-2`` (``scored_classes="drop-last"``): the
+official ORANDNet evaluation builds a 20x20 confusion matrix for VOC, so every pixel whose ground truth or
+prediction is the last class (tvmonitor), or void, is left out.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from ..errors import OrandError
 METRICS: tuple[str, ...] = ("iou", "precision", "recall", "fp_union", "fn_union")
 MEANS: tuple[str, ...] = tuple(f"mean_{m}" for m in METRICS)
 UNSURE_POLICIES: tuple[str, ...] = ("miss", "ignore")
+UNDEFINED: tuple[str, ...] = ("zero", "nan")
+SCORED: tuple[str, ...] = ("all", "drop-last")
+PRECISION_RULES: tuple[str, ...] = ("first-ge", "official")
 MAX_THRESHOLDS = 2000  # one (C + 1) x C histogram per threshold is added per image
 
 
@@ -151,11 +160,12 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def segmentation_scores(conf: np.ndarray, unsure: np.ndarray | None = None) -> dict:
+def segmentation_scores(conf: np.ndarray, unsure: np.ndarray | None = None, undefined: str = "zero") -> dict:
     """Per-class IoU, precision, recall, FP/union, FN/union and their means, from a dataset confusion matrix.
 
     ``unsure`` (C,) adds pixels of each ground-truth class that were left without a prediction (counted in GT
     only). Per-class arrays are float64 with NaN for classes absent from both sides; ``mean_*`` are floats.
+    ``undefined``: ``zero`` or ``nan`` for a precision/recall whose denominator is empty (module docstring).
     Also returned: ``tp``, ``gt_pixels``, ``pred_pixels`` (int64) and ``present`` (bool).
 
     >>> s = segmentation_scores(np.array([[3, 1, 0], [2, 4, 0], [0, 0, 0]]))
@@ -163,7 +173,12 @@ def segmentation_scores(conf: np.ndarray, unsure: np.ndarray | None = None) -> d
     ([0.5, 0.5714, nan], [0.6, 0.8, nan])
     >>> round(s["mean_iou"], 4), round(s["mean_recall"], 4), bool(s["present"][2])
     (0.5357, 0.7083, False)
+    >>> conf = np.array([[2, 1], [0, 0]])              # class 1 predicted once, absent from the ground truth
+    >>> segmentation_scores(conf)["recall"].tolist(), segmentation_scores(conf, undefined="nan")["recall"].tolist()
+    ([0.6666666666666666, 0.0], [0.6666666666666666, nan])
     """
+    if undefined not in UNDEFINED:
+        raise OrandError(f"unknown rule for undefined scores {undefined!r}; valid: {', '.join(UNDEFINED)}")
     conf = np.asarray(conf, dtype=np.int64)
     if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
         raise OrandError(f"a confusion matrix must be square (C, C), got shape {conf.shape}")
@@ -172,10 +187,11 @@ def segmentation_scores(conf: np.ndarray, unsure: np.ndarray | None = None) -> d
     pred_pixels = conf.sum(0)
     union = gt_pixels + pred_pixels - tp
     present = union > 0
+    strict = undefined == "nan"
     per_class = {
         "iou": _ratio(tp, union, present),
-        "precision": _ratio(tp, pred_pixels, present),
-        "recall": _ratio(tp, gt_pixels, present),
+        "precision": _ratio(tp, pred_pixels, present & (pred_pixels > 0) if strict else present),
+        "recall": _ratio(tp, gt_pixels, present & (gt_pixels > 0) if strict else present),
         "fp_union": _ratio(pred_pixels - tp, union, present),
         "fn_union": _ratio(gt_pixels - tp, union, present),
     }
@@ -224,17 +240,49 @@ def best_index(mean_iou: Sequence[float]) -> int | None:
     return int(np.nanargmax(values))
 
 
-def precision_aware_index(mean_precision: Sequence[float], mean_recall: Sequence[float]) -> int | None:
-    """Index of the first threshold (in increasing order) where mean precision >= mean recall (the
-    "precision-aware" rule of ORANDNet); None when precision never catches up.
+def precision_aware_index(mean_precision: Sequence[float], mean_recall: Sequence[float],
+                          rule: str = "first-ge") -> int | None:
+    """Index of the "precision-aware" threshold of ORANDNet among thresholds in increasing order.
+
+    ``first-ge``: the first where mean precision >= mean recall; None when precision never catches up.
+    ``official`` (``finding_best_thres`` of the release, over 0.10, 0.11, ..., 0.80): the first where mean
+    precision > mean recall (strictly), else the last threshold.
 
     >>> precision_aware_index([0.60, 0.68, 0.75, 0.80], [0.80, 0.74, 0.70, 0.60])
     2
+    >>> precision_aware_index([0.6, 0.7, 0.8], [0.8, 0.7, 0.6]), precision_aware_index([0.6, 0.7, 0.8], [0.8, 0.7, 0.6], "official")
+    (1, 2)
+    >>> precision_aware_index([0.5, 0.6], [0.9, 0.8], "official")
+    1
     """
+    if rule not in PRECISION_RULES:
+        raise OrandError(f"unknown precision-aware rule {rule!r}; valid: {', '.join(PRECISION_RULES)}")
     p = np.asarray(mean_precision, np.float64)
     r = np.asarray(mean_recall, np.float64)
-    hits = np.flatnonzero(p >= r)
-    return int(hits[0]) if hits.size else None
+    hits = np.flatnonzero(p > r if rule == "official" else p >= r)
+    if hits.size:
+        return int(hits[0])
+    return p.size - 1 if rule == "official" and p.size else None
+
+
+def official_thresholds() -> list[float]:
+    """The official sweep ``t_ * 0.01`` for ``t_`` in 10..80 (Python floats, as ``finding_best_thres``).
+
+    >>> t = official_thresholds(); len(t), t[0], t[-1], t[7]
+    (71, 0.1, 0.8, 0.17)
+    """
+    return [k * 0.01 for k in range(10, 81)]
+
+
+def drop_last_class(conf: np.ndarray, unsure: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Counts ``(conf (T, C, C), unsure (T, C))`` restricted to the classes ``0..C-2``: every pixel whose ground
+    truth or prediction is the last class is left out (the official ORANDNet 20-class VOC evaluation).
+
+    >>> conf, unsure = drop_last_class(np.arange(9).reshape(1, 3, 3), np.array([[1, 2, 3]]))
+    >>> conf.tolist(), unsure.tolist()
+    ([[[0, 1], [3, 4]]], [[1, 2]])
+    """
+    return conf[..., :-1, :-1].copy(), unsure[..., :-1].copy()
 
 
 def top_class(maps: np.ndarray, keys: Sequence[int], name: str = "") -> tuple[np.ndarray, np.ndarray]:

@@ -51,6 +51,8 @@ def result_dict(result: EvalResult) -> dict:
         "orand_addon_version": __version__, "pred": result.pred, "gt": result.gt, "num_images": result.num_images,
         "mode": result.mode, "threshold": result.threshold,
         "unsure": {"policy": result.unsure_policy, "pixels": result.unsure_pixels}, "resized": result.resized,
+        "scoring": {"scored_classes": result.scored_classes, "undefined": result.undefined,
+                    "precision_rule": result.precision_rule},
         "units": "fractions 0..1 (the terminal shows percent)", "classes": result.class_names,
         "metrics": _means(s), "per_class": per_class,
         "confusion": result.conf[result.selected].tolist(), "unsure_per_class": result.unsure[result.selected].tolist(),
@@ -117,6 +119,14 @@ def table_lines(result: EvalResult) -> list[str]:
         how = f"background threshold {result.threshold:g}"
     width = max(12, *(len(n) for n in result.class_names))
     lines = [f"{result.pred}: {result.num_images} images against {result.gt}; {how}"]
+    rules = []
+    if result.scored_classes != "all":
+        rules.append(f"{len(result.class_names)} classes scored ({result.scored_classes}: pixels of the last class "
+                     f"left out)")
+    if result.undefined != "zero":
+        rules.append("precision without predictions / recall without ground truth left out of the means (nan)")
+    if rules:
+        lines.append("scoring: " + "; ".join(rules))
     if result.resized:
         lines.append(f"resized {result.resized} predictions to the ground-truth size (--resize-pred)")
     lines.append(f"{'class':<{width}} " + " ".join(f"{HEADERS[m]:>9}" for m in METRICS) + f" {'GT pixels':>11}")
@@ -135,7 +145,8 @@ def table_lines(result: EvalResult) -> list[str]:
 def sweep_lines(result: EvalResult) -> list[str]:
     t = result.thresholds
     out = [f"sweep {t[0]:g}..{t[-1]:g} ({len(t)} thresholds):"]
-    for name, index in (("best mIoU", result.best), ("precision-aware", result.precision_aware)):
+    aware = "precision-aware" + (" (official)" if result.precision_rule == "official" else "")
+    for name, index in (("best mIoU", result.best), (aware, result.precision_aware)):
         if index is None:
             out.append(f"  {name}: none (mean precision never reaches mean recall)")
             continue

@@ -4,8 +4,13 @@
 :class:`~.functional.ConfusionAccumulator` (masks) or :class:`~.functional.ThresholdSweep` (maps, every
 threshold in the same pass), and returns an :class:`EvalResult`. Memory does not grow with the number of images.
 
-Background threshold for maps when neither ``bg_thres`` nor ``sweep`` is given: 0.25 for the random-walk kind
-``rw`` (IRN's ``sem_seg_bg_thres``), 0.15 for everything else (IRN's ``cam_eval_thres``).
+Background threshold for maps when neither ``bg_thres`` nor ``sweep`` is given: ``default_bg_thres`` when given
+(a recipe's or config file's ``bg-thres``, which masks ignore), else 0.25 for the random-walk kind ``rw`` (IRN's
+``sem_seg_bg_thres``) and 0.15 for everything else (IRN's ``cam_eval_thres``).
+
+Scoring rules (each a parameter, the official ORANDNet evaluation in brackets): ``scored_classes`` all | drop-last
+[drop-last: 20 VOC classes], ``undefined`` zero | nan [nan], ``precision_rule`` first-ge | official [official],
+and ``unsure`` miss | ignore [ignore: its 20x20 matrix drops every prediction outside 0..19].
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from ..classes import ClassSet, ImageLabels, get_class_set
 from ..errors import Interrupted, OrandError
 from ..runtime.progress import progress as progress_bar
 from ..runtime.workers import worker_pool
-from .functional import (UNSURE_POLICIES, ConfusionAccumulator, ThresholdSweep, best_index, parse_sweep,
-                         precision_aware_index, segmentation_scores)
+from .functional import (PRECISION_RULES, SCORED, UNDEFINED, UNSURE_POLICIES, ConfusionAccumulator, ThresholdSweep,
+                         best_index, drop_last_class, parse_sweep, precision_aware_index, segmentation_scores)
 from .predictions import GroundTruth, Prediction, PredSpec, open_prediction, resize_prediction
 
 DEFAULT_BG_THRES = 0.15
@@ -50,6 +55,9 @@ class EvalResult:
     unsure_pixels: int = 0
     unsure_policy: str = "miss"
     resized: int = 0
+    scored_classes: str = "all"
+    undefined: str = "zero"
+    precision_rule: str = "first-ge"
     extra: dict = field(default_factory=dict)
 
     @property
@@ -59,7 +67,7 @@ class EvalResult:
     @cached_property
     def scores(self) -> list[dict]:
         """:func:`segmentation_scores` per threshold."""
-        return [segmentation_scores(c, u) for c, u in zip(self.conf, self.unsure)]
+        return [segmentation_scores(c, u, self.undefined) for c, u in zip(self.conf, self.unsure)]
 
     def curve(self, metric: str) -> np.ndarray:
         """A mean metric (``mean_iou``, ``mean_precision``...) per threshold."""
@@ -72,10 +80,11 @@ class EvalResult:
 
     @property
     def precision_aware(self) -> int | None:
-        """Index of the first threshold where mean precision >= mean recall (None if never, or for masks)."""
+        """Index of the precision-aware threshold under ``precision_rule`` (None for masks; with ``first-ge``
+        also when precision never reaches recall)."""
         if self.thresholds is None:
             return None
-        return precision_aware_index(self.curve("mean_precision"), self.curve("mean_recall"))
+        return precision_aware_index(self.curve("mean_precision"), self.curve("mean_recall"), self.precision_rule)
 
     @property
     def best_threshold(self) -> float | None:
@@ -115,7 +124,8 @@ def default_bg_thres(pred: str) -> float:
     return KIND_BG_THRES.get(kind, DEFAULT_BG_THRES)
 
 
-def _thresholds(holds: str, pred: str, bg_thres: float | None, sweep: str | Sequence[float] | None) -> list[float] | None:
+def _thresholds(holds: str, pred: str, bg_thres: float | None, sweep: str | Sequence[float] | None,
+                fallback: float | None = None) -> list[float] | None:
     if bg_thres is not None and sweep is not None:
         raise OrandError("give either a background threshold (--bg-thres) or a sweep (--sweep), not both")
     if holds == "masks":
@@ -125,7 +135,18 @@ def _thresholds(holds: str, pred: str, bg_thres: float | None, sweep: str | Sequ
     if sweep is not None:
         values = parse_sweep(sweep) if isinstance(sweep, str) else np.asarray(sweep, np.float64)
         return [float(v) for v in values]
-    return [float(bg_thres if bg_thres is not None else default_bg_thres(pred))]
+    if bg_thres is None:
+        bg_thres = fallback if fallback is not None else default_bg_thres(pred)
+    return [float(bg_thres)]
+
+
+def check_rules(unsure: str, scored_classes: str, undefined: str, precision_rule: str) -> None:
+    """One-line errors for unknown scoring rules."""
+    for what, value, valid in (("unsure policy", unsure, UNSURE_POLICIES), ("class set rule", scored_classes, SCORED),
+                               ("rule for undefined scores", undefined, UNDEFINED),
+                               ("precision-aware rule", precision_rule, PRECISION_RULES)):
+        if value not in valid:
+            raise OrandError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
 
 
 def _list(ids: Sequence[str]) -> str:
@@ -239,6 +260,10 @@ def evaluate(
     resize_pred: bool = False,
     workers: int = 1,
     progress: bool = False,
+    scored_classes: str = "all",
+    undefined: str = "zero",
+    precision_rule: str = "first-ge",
+    default_bg_thres: float | None = None,
 ) -> EvalResult:
     """Score ``pred`` (``STORE.h5:KIND``, a CAM folder or a folder of label PNGs) against the label PNGs in ``gt``.
 
@@ -246,15 +271,18 @@ def evaluate(
     of ``sweep`` (``"0.05:0.60:0.01"`` or a list) in one pass. ``unsure`` says what a mask value 255 (no
     prediction, e.g. IRN seeds) counts as: ``miss`` (default) or ``ignore``. Sizes must match the ground truth
     unless ``resize_pred``. ``format`` and ``labels`` are passed to :func:`orand_addon.read_cams`.
+    ``scored_classes``, ``undefined`` and ``precision_rule``: the scoring rules of the module docstring.
     """
     class_set = classes if isinstance(classes, ClassSet) else get_class_set(classes)
-    if unsure not in UNSURE_POLICIES:
-        raise OrandError(f"unknown unsure policy {unsure!r}; valid: {', '.join(UNSURE_POLICIES)}")
+    check_rules(unsure, scored_classes, undefined, precision_rule)
+    if scored_classes == "drop-last" and class_set.num_classes < 3:
+        raise OrandError(f"scoring without the last class needs at least 3 classes, {class_set.name} has "
+                         f"{class_set.num_classes}")
     ground_truth = GroundTruth(gt)
     spec = PredSpec(str(pred), format, labels)
     source = open_prediction(spec)
     try:
-        thresholds = _thresholds(source.holds, str(pred), bg_thres, sweep)
+        thresholds = _thresholds(source.holds, str(pred), bg_thres, sweep, default_bg_thres)
         todo = resolve_ids(source.ids(), ground_truth, ids, source.describe())
         job = _Job(spec, str(gt), class_set.num_classes, tuple(thresholds) if thresholds else None, unsure,
                    resize_pred)
@@ -265,9 +293,14 @@ def evaluate(
     finally:
         source.close()
     conf, unsure_counts = acc.confusions()
+    names = list(class_set.names)
+    if scored_classes == "drop-last":
+        conf, unsure_counts = drop_last_class(conf, unsure_counts)
+        names = names[:-1]
     mode = "masks" if thresholds is None else ("sweep" if sweep is not None else "threshold")
     return EvalResult(
-        pred=str(pred), gt=str(gt), class_names=list(class_set.names), ids=todo, mode=mode, conf=conf,
+        pred=str(pred), gt=str(gt), class_names=names, ids=todo, mode=mode, conf=conf,
         unsure=unsure_counts, thresholds=thresholds, unsure_policy=unsure, resized=resized,
         unsure_pixels=int(acc.unsure.sum()) if isinstance(acc, ConfusionAccumulator) else 0,
+        scored_classes=scored_classes, undefined=undefined, precision_rule=precision_rule,
     )

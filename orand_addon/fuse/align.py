@@ -11,9 +11,10 @@ from ..classes import ImageLabels
 from ..errors import FormatError, OrandError
 from ..io.formats import CamRecord
 from ..io.resize import resize_maps
-from .functional import fuse_and, fuse_mean, fuse_or
+from ..registries import FUSED_KINDS
+from .functional import fuse_and, fuse_mean, fuse_mean_official, fuse_or
 
-MAP_KINDS = ("or", "and", "mean")
+MAP_KINDS = tuple(FUSED_KINDS)
 
 
 def clean_values(maps: np.ndarray, policy: str, where: str) -> tuple[np.ndarray, list[tuple[str, str]]]:
@@ -88,8 +89,10 @@ def image_classes(image_id: str, records: Sequence[CamRecord], labels: ImageLabe
     )
 
 
-def fuse_image(maps: Sequence[np.ndarray], kinds: Sequence[str], normalize: bool) -> dict[str, np.ndarray]:
-    """The requested fused kinds of one image's aligned source maps."""
+def fuse_image(maps: Sequence[np.ndarray], kinds: Sequence[str], normalize: bool,
+               unshifted: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The requested fused kinds of one image's aligned source maps; ``unshifted``: the same maps before any
+    ``--shift-*`` (``mean-official`` adds its own 0.15 to source B, as the official code; default ``maps``)."""
     out = {}
     for kind in kinds:
         if kind == "or":
@@ -98,6 +101,8 @@ def fuse_image(maps: Sequence[np.ndarray], kinds: Sequence[str], normalize: bool
             out[kind] = fuse_and(maps, normalize=normalize)
         elif kind == "mean":
             out[kind] = fuse_mean(maps)
+        elif kind == "mean-official":
+            out[kind] = fuse_mean_official(unshifted if unshifted is not None else maps)
         else:
             raise OrandError(f"unknown fused kind {kind!r}; valid: {', '.join(MAP_KINDS)}")
     return out

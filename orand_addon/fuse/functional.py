@@ -7,8 +7,12 @@ For maps ``c_i`` in [0, 1] of the same class and size::
 
 each divided by its own maximum over the pixels of that class map (``normalize=True``, the paper), so the peak
 is 1; a map whose maximum is 0 stays 0 and never becomes NaN. ``normalize=False`` keeps the raw values, as the
-official AMN + MCTformer code does. Inputs may be numpy arrays or torch tensors of shape (..., H, W); the
-normalisation is per map over the last two axes.
+official AMN + MCTformer code does: on float32 inputs the two-source results are then exactly its numpy
+expressions ``a + b - a*b`` (evaluated as ``(a + b) - (a*b)``) and ``a*b``. Inputs may be numpy arrays or torch
+tensors of shape (..., H, W); the normalisation is per map over the last two axes.
+
+Naive ensembles: :func:`fuse_mean` is the plain mean; :func:`fuse_mean_official` the official
+``simple_addition.py`` baseline, ``relu(m) / (max(m) + 1e-5)`` per class map with ``m = (a + (b + 0.15)) / 2``.
 
 >>> import numpy as np
 >>> a = np.array([[[0.0, 0.5], [1.0, 0.2]]])
@@ -88,4 +92,36 @@ def fuse_mean(maps: Sequence[Array], normalize: bool = False) -> Array:
     return normalize_max(out) if normalize else out
 
 
-FUSION_KINDS = {"or": fuse_or, "and": fuse_and, "mean": fuse_mean}
+OFFICIAL_SHIFT = 0.15  # simple_addition.py: added to the ViT maps, "compensating threshold difference"
+OFFICIAL_EPS = 1e-5
+
+
+def fuse_mean_official(maps: Sequence[Array]) -> Array:
+    """The official naive ensemble (``module/simple_addition.py``) of two sources ``a, b``:
+    ``m = (a + (b + 0.15)) / 2``, then ``relu(m) / (max(m) + 1e-5)`` per class map, the max taken over ``m`` before
+    the ReLU. In float32, operation by operation as the official code.
+
+    >>> a = np.array([[[0.0, 0.45]]], np.float32); b = np.array([[[0.05, 0.2]]], np.float32)
+    >>> fuse_mean_official([a, b]).round(4).tolist()   # m = [0.1, 0.4]
+    [[[0.25, 1.0]]]
+    >>> fuse_mean_official([a])
+    Traceback (most recent call last):
+    ...
+    ValueError: the official naive ensemble (mean-official) takes two sources, got 1
+    """
+    _check(maps)
+    if len(maps) != 2:
+        raise ValueError(f"the official naive ensemble (mean-official) takes two sources, got {len(maps)}")
+    a, b = maps
+    if _is_torch(a):
+        m = (a + (b + OFFICIAL_SHIFT)) / 2
+        return m.clamp_min(0) / (m.amax(dim=(-2, -1), keepdim=True) + OFFICIAL_EPS)
+    dtype = np.result_type(a, b)
+    m = (a + (b + dtype.type(OFFICIAL_SHIFT))) / dtype.type(2)
+    if not m.size:
+        return m
+    peak = m.max(axis=(-2, -1), keepdims=True) + dtype.type(OFFICIAL_EPS)
+    return np.maximum(m, dtype.type(0)) / peak
+
+
+FUSION_KINDS = {"or": fuse_or, "and": fuse_and, "mean": fuse_mean, "mean-official": fuse_mean_official}

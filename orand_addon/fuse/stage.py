@@ -100,6 +100,9 @@ class FuseStage(Stage):
         bad = [k for k in options.kinds if k not in MAP_KINDS]
         if bad or not options.kinds:
             raise OrandError(f"unknown fused kind {','.join(bad) or 'nothing'}; valid: {', '.join(MAP_KINDS)}")
+        if "mean-official" in options.kinds and n != 2:
+            raise OrandError(f"kind mean-official is the official two-source baseline; got {n} sources "
+                             f"(drop it from --kinds)")
         self.sources = [str(s) for s in sources]
         self.class_set, self.labels, self.options = class_set, labels, options
         self.wanted = list(ids) if ids is not None else None
@@ -189,7 +192,7 @@ class FuseStage(Stage):
         if len({r.size for r in records}) > 1 or any(r.size != size for r in records):
             result.notes.append(("maps resized to the image size",
                                  f"{image_id} ({' / '.join(str(r.size) for r in records)} -> {size})"))
-        aligned = []
+        aligned, unshifted = [], []
         for rec, path, shift in zip(records, where, opts.shifts):
             maps, missing, extra = select_classes(rec, classes, size)
             if missing:
@@ -198,8 +201,9 @@ class FuseStage(Stage):
                 result.notes.append(("source class not in the labels (dropped)", f"{path}: classes {extra}"))
             maps, fixes = clean_values(maps, opts.value_policy, path)
             result.notes.extend(fixes)
+            unshifted.append(maps)
             aligned.append(maps + np.float32(shift) if shift else maps)
-        outputs = fuse_image(aligned, opts.kinds, opts.normalize)
+        outputs = fuse_image(aligned, opts.kinds, opts.normalize, unshifted)
         if opts.keep_sources:
             outputs.update(zip(SOURCE_NAMES, aligned))
         result.maps = {k: (to_storage_dtype(v, opts.dtype), classes) for k, v in outputs.items()}

@@ -8,11 +8,20 @@ the 7x7 ``fc6`` and 1x1 ``fc7`` convolutions. The head (``score_*`` 1x1 convs, b
 Two geometries (:data:`ARCHS`), same parameters:
 
 * ``fcn8s`` (default, as the paper): the classic FCN-8s padding of 100 on the first conv, an unpadded 7x7 fc6
-  and the centre crops of Long et al. (offsets 5, 9, 31), so any input size gives an output of the same size.
-  (The official code takes its crop offsets from the height difference only; the classic offsets used here are
-  the geometrically aligned ones.)
+  and three centre crops, so any input size gives an output of the same size.
 * ``fcn8s-same``: the input zero-padded to a multiple of 32 and "same" padding everywhere (fc6 padded by 3), so
   no crops; about half the work at VOC sizes (no 100-pixel border), for throughput.
+
+Two crop rules for ``fcn8s`` (:data:`CROPS`, ``--crop``), same parameters, different outputs:
+
+* ``aligned`` (default): the fixed offsets of Long et al. (5, 9, 31), which align the three score maps with the
+  input pixel grid whatever its size.
+* ``official``: the released ``EncDec``: at each crop, ``c = (big_H - small_H) // 2`` from the *heights* only,
+  and that one ``c`` slices both axes. It depends on the input size (366x500: 5, 8, 37) and is not aligned; a
+  network trained with one rule gives other maps with the other (the rule is recorded in the checkpoint).
+
+The official ``EncDec`` state dicts (``downsample1.0.weight``, ``score_final``, ``upsample_make_16s``...) load by
+name (:func:`official_encdec_to_fcn`), as ``fcn8s`` with the official crop rule.
 
 ``width_div`` divides every channel count (1 = VGG16); larger values only make small smoke-test models.
 """
@@ -29,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import OrandError
-from ..registries import ORANDNET_ARCHS, check_choice, implementations
+from ..registries import ORANDNET_ARCHS, ORANDNET_CROPS, check_choice, implementations
 
 CHECKPOINT_FORMAT = "orand-addon/orandnet"
 VGG16_CHANNELS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -67,6 +76,32 @@ def get_geometry(arch: str) -> Geometry:
     return ARCHS[check_choice(ORANDNET_ARCHS, arch, "ORANDNet arch")]
 
 
+CROPS: tuple[str, ...] = tuple(ORANDNET_CROPS)
+
+
+def official_offset(big: int, small: int) -> int:
+    """The official ``EncDec`` crop offset: half the size difference, rounded down (taken from the heights).
+
+    >>> official_offset(440, 366), official_offset(54, 36)
+    (37, 9)
+    """
+    return (big - small) // 2
+
+
+def check_crop(arch: str, crop: str) -> str:
+    """``crop`` when it is a known rule that applies to ``arch``; else a one-line error.
+
+    >>> check_crop("fcn8s-same", "official")
+    Traceback (most recent call last):
+    ...
+    orand_addon.errors.OrandError: --crop official applies to --arch fcn8s only (fcn8s-same has no crops)
+    """
+    check_choice(ORANDNET_CROPS, crop, "crop rule")
+    if crop != "aligned" and get_geometry(arch).crops == (0, 0, 0):
+        raise OrandError(f"--crop {crop} applies to --arch fcn8s only ({arch} has no crops)")
+    return crop
+
+
 def bilinear_kernel(size: int) -> torch.Tensor:
     """The (size, size) bilinear upsampling kernel of FCN's deconvolutions.
 
@@ -91,13 +126,14 @@ def crop_to(x: torch.Tensor, offset: int, size: tuple[int, int]) -> torch.Tensor
 
 
 class FCN8s(nn.Module):
-    """FCN-8s VGG16, (N, 1, H, W) OR maps -> (N, 1, H, W) scores (logits) for any H, W >= 1."""
+    """FCN-8s VGG16, (N, 1, H, W) OR maps -> (N, 1, H, W) scores (logits) for any H, W >= 1; ``crop``: the crop
+    rule of ``fcn8s`` (``aligned`` or ``official``, see the module docstring)."""
 
-    def __init__(self, arch: str = "fcn8s", width_div: int = 1):
+    def __init__(self, arch: str = "fcn8s", width_div: int = 1, crop: str = "aligned"):
         super().__init__()
         if width_div < 1:
             raise OrandError(f"width_div must be >= 1, got {width_div}")
-        self.arch, self.width_div = arch, width_div
+        self.arch, self.width_div, self.crop = arch, width_div, check_crop(arch, crop)
         self.geometry = geo = get_geometry(arch)
         layers: list[nn.Module] = []
         c_in = 1
@@ -151,13 +187,19 @@ class FCN8s(nn.Module):
         x = self.drop6(F.relu(self.fc6(x), inplace=True))
         x = self.drop7(F.relu(self.fc7(x), inplace=True))
         x = self.upscore2(self.score_fr(x))
-        x = x + crop_to(self.score_pool4(pool4), geo.crops[0], x.shape[-2:])
+        x = x + self._crop(self.score_pool4(pool4), 0, x.shape[-2:])
         x = self.upscore_pool4(x)
-        x = x + crop_to(self.score_pool3(pool3), geo.crops[1], x.shape[-2:])
-        return crop_to(self.upscore8(x), geo.crops[2], (h, w))
+        x = x + self._crop(self.score_pool3(pool3), 1, x.shape[-2:])
+        return self._crop(self.upscore8(x), 2, (h, w))
+
+    def _crop(self, x: torch.Tensor, index: int, size: tuple[int, int]) -> torch.Tensor:
+        """Crop ``index`` (0: score_pool4, 1: score_pool3, 2: the final score) of ``x`` to ``size``."""
+        if self.crop == "official":
+            return crop_to(x, official_offset(x.shape[-2], size[0]), size)
+        return crop_to(x, self.geometry.crops[index], size)
 
     def config(self) -> dict:
-        return {"arch": self.arch, "width_div": self.width_div}
+        return {"arch": self.arch, "width_div": self.width_div, "crop": self.crop}
 
 
 # -- weights ---------------------------------------------------------------------------------------------------
@@ -183,6 +225,42 @@ def vgg16_to_fcn(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+# official EncDec block k -> index of its first conv in torchvision's vgg16.features
+_OFFICIAL_BLOCKS = {1: 0, 2: 5, 3: 10, 4: 17, 5: 24}
+_OFFICIAL_NAMES = {"fc6.0.": "fc6.", "fc7.0.": "fc7.", "score_final.": "score_fr.", "score_pool4.": "score_pool4.",
+                   "score_pool3.": "score_pool3.", "upsample_make_16s.": "upscore2.",
+                   "upsample_make_8s.": "upscore_pool4.", "upsample_to_score.": "upscore8."}
+
+
+def is_official_encdec(state: Mapping[str, object]) -> bool:
+    """Whether ``state`` holds the official ``EncDec``'s tensor names (``encdec*.pth`` of the release)."""
+    return "downsample1.0.weight" in state and "score_final.weight" in state
+
+
+def official_encdec_to_fcn(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The official ``EncDec`` state dict renamed for :class:`FCN8s` (same shapes; unknown names are kept, so a
+    shape check reports them).
+
+    >>> names = official_encdec_to_fcn({"downsample3.4.bias": 0, "fc6.0.weight": 0, "upsample_to_score.weight": 0})
+    >>> list(names)
+    ['features.14.bias', 'fc6.weight', 'upscore8.weight']
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        new = key
+        if key.startswith("downsample"):
+            parts = key[len("downsample"):].split(".", 2)
+            if len(parts) == 3 and parts[0].isdigit() and parts[1].isdigit() and int(parts[0]) in _OFFICIAL_BLOCKS:
+                new = f"features.{_OFFICIAL_BLOCKS[int(parts[0])] + int(parts[1])}.{parts[2]}"
+        else:
+            for old, ours in _OFFICIAL_NAMES.items():
+                if key.startswith(old):
+                    new = ours + key[len(old):]
+                    break
+        out[new] = value
+    return out
+
+
 def _check_shapes(model: nn.Module, state: Mapping[str, torch.Tensor], wanted: list[str], where: str, what: str) -> None:
     own = model.state_dict()
     missing = [k for k in wanted if k not in state]
@@ -199,7 +277,10 @@ def load_backbone(model: FCN8s, state: Mapping[str, torch.Tensor], where: str) -
     """Load torchvision VGG16 weights (all but the first conv) or a full FCN8s state into ``model``.
 
     Returns what was loaded (``"vgg16"`` or ``"fcn8s"``); anything else is an :class:`OrandError` naming ``where``.
+    The official ``EncDec`` state dicts load as ``fcn8s`` (:func:`official_encdec_to_fcn`).
     """
+    if is_official_encdec(state):
+        state = official_encdec_to_fcn(state)
     if "classifier.0.weight" in state:
         if model.width_div != 1:
             raise OrandError(f"{where}: VGG16 weights need full width (width_div 1, got {model.width_div})")
@@ -214,9 +295,9 @@ def load_backbone(model: FCN8s, state: Mapping[str, torch.Tensor], where: str) -
     return "fcn8s"
 
 
-def build_model(arch: str = "fcn8s", width_div: int = 1, pretrained: str = "none") -> FCN8s:
+def build_model(arch: str = "fcn8s", width_div: int = 1, pretrained: str = "none", crop: str = "aligned") -> FCN8s:
     """A fresh network; ``pretrained``: ``imagenet`` (torchvision's VGG16 file from the torch hub cache, offline),
-    a weights file (VGG16 or ORANDNet), or ``none``.
+    a weights file (VGG16, ORANDNet or the official EncDec), or ``none``; ``crop``: the crop rule.
 
     >>> build_model("fcn8s", width_div=16)(torch.rand(1, 1, 13, 21)).shape
     torch.Size([1, 1, 13, 21])
@@ -225,8 +306,9 @@ def build_model(arch: str = "fcn8s", width_div: int = 1, pretrained: str = "none
 
     if pretrained == "imagenet" and width_div != 1:
         raise OrandError(f"--pretrained imagenet needs the full VGG16 width (width_div 1, got {width_div})")
+    check_crop(arch, crop)
     state = load_pretrained_state("vgg16", pretrained)
-    model = FCN8s(arch, width_div)
+    model = FCN8s(arch, width_div, crop)
     if state is not None:
         where = "ImageNet VGG16 weights" if pretrained == "imagenet" else str(pretrained)
         load_backbone(model, state, where)
@@ -244,10 +326,11 @@ def check_full_state(model: FCN8s, state: Mapping[str, torch.Tensor], where: str
         raise OrandError(f"{where}: not {what} (unexpected tensor {extra[0]})")
 
 
-def model_from_state(state: Mapping[str, torch.Tensor], arch: str, width_div: int, where: str) -> FCN8s:
+def model_from_state(state: Mapping[str, torch.Tensor], arch: str, width_div: int, where: str,
+                     crop: str = "aligned") -> FCN8s:
     """An :class:`FCN8s` holding exactly ``state`` (built on the meta device: no wasted random init)."""
     with torch.device("meta"):
-        model = FCN8s(arch, width_div)
+        model = FCN8s(arch, width_div, crop)
     check_full_state(model, state, where)
     model.load_state_dict(dict(state), strict=True, assign=True)
     return model
@@ -257,7 +340,8 @@ def read_checkpoint(path: str | Path) -> dict:
     """A training checkpoint (``weights_only=True``), checked to be ORANDNet's; one-line errors name the file.
 
     A bare FCN8s state dict is refused: ``fcn8s`` and ``fcn8s-same`` have the same tensors, and the loss decides
-    the postprocess, so neither can be guessed from the weights.
+    the postprocess, so neither can be guessed from the weights. The official ``EncDec`` state dict (``encdec*.pth``)
+    is accepted: it can only be ``fcn8s`` with the official crop rule, trained with the official loss.
     """
     from ..runtime.files import load_checkpoint
 
@@ -269,6 +353,13 @@ def read_checkpoint(path: str | Path) -> dict:
             raise OrandError(f"{path}: damaged ORANDNet checkpoint (no model or model_config entry)")
         return ckpt
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        if is_official_encdec(ckpt):
+            state = official_encdec_to_fcn(ckpt)
+            first = state.get("features.0.weight")
+            width = 64 // int(first.shape[0]) if isinstance(first, torch.Tensor) and first.ndim == 4 else 1
+            return {"format": CHECKPOINT_FORMAT, "model": state, "source": "official EncDec state dict",
+                    "model_config": {"arch": "fcn8s", "width_div": max(1, width), "crop": "official"},
+                    "train_config": {"loss": "official"}}
         if "score_fr.weight" in ckpt and "features.0.weight" in ckpt:  # fcn8s and fcn8s-same share every shape
             raise OrandError(f"{path}: holds ORANDNet weights only, without the architecture and loss they were "
                              f"trained with; use the last.pt that 'orand-addon train' wrote")
@@ -281,7 +372,8 @@ def load_orandnet(path: str | Path) -> tuple[FCN8s, dict]:
     """``(model on CPU, checkpoint dict)`` from a file written by ``orand-addon train``."""
     ckpt = read_checkpoint(path)
     cfg = ckpt["model_config"]
-    arch, width = cfg.get("arch"), cfg.get("width_div", 1)
-    if arch not in ARCHS or not isinstance(width, int):
-        raise OrandError(f"{path}: checkpoint of an unknown ORANDNet variant ({cfg}); valid archs: {', '.join(ARCHS)}")
-    return model_from_state(ckpt["model"], arch, width, str(path)), ckpt
+    arch, width, crop = cfg.get("arch"), cfg.get("width_div", 1), cfg.get("crop", "aligned")
+    if arch not in ARCHS or not isinstance(width, int) or crop not in CROPS:
+        raise OrandError(f"{path}: checkpoint of an unknown ORANDNet variant ({cfg}); valid archs: {', '.join(ARCHS)}, "
+                         f"crop rules: {', '.join(CROPS)}")
+    return model_from_state(ckpt["model"], arch, width, str(path), crop), ckpt

@@ -1,8 +1,9 @@
 """Applying a trained ORANDNet to every image of the store: ``or`` maps in, kind ``orandnet`` out
 (``orand-addon predict``).
 
-Per class map: the network's score, ReLU, then divided by its own maximum (a map that is zero everywhere stays
-zero; the official code adds 1e-5 to the max instead). The result has the keys and size of ``or``, so
+Per class map: the network's score, ReLU, then divided by its own maximum (``map_norm="max"``: a map that is
+zero everywhere stays zero), or by its maximum + 1e-5 as the official ``encdec_pred.py`` (``"max-eps"``). The crop
+rule of the network is the one it was trained with (recorded in the checkpoint). The result has the keys and size of ``or``, so
 ``orand-addon export --kind orandnet --to irn`` gives IRN's layout (``keys``, stride-4 ``cam``, ``high_res``).
 
 Throughput: images of equal size are batched together, all class maps of an image in the same batch where they
@@ -31,6 +32,7 @@ import torch
 from ..engine.stage import ImageResult, RunOptions, Stage, StageReport, run_stage
 from ..runtime.distributed import DistInfo, main_only, pick_device
 from ..errors import OrandError, StoreError
+from ..registries import MAP_NORMS, check_choice
 from .losses import score_to_map
 from ..runtime.devices import autocast, check_precision, cudnn_mode, resolve_precision
 from ..store.store import Store
@@ -49,22 +51,33 @@ class PredictConfig:
     device: str = "auto"
     precision: str = "auto"
     dtype: str = "float16"
+    map_norm: str = "max"
     ids: tuple[str, ...] | None = None
     overwrite: bool = False
     progress: bool = True
 
+    def check(self) -> None:
+        check_choice(MAP_NORMS, self.map_norm, "map normalisation")
 
-def relu_max_normalize(scores: torch.Tensor, activation: str = "relu") -> torch.Tensor:
+
+OFFICIAL_EPS = 1e-5
+
+
+def relu_max_normalize(scores: torch.Tensor, activation: str = "relu", map_norm: str = "max") -> torch.Tensor:
     """ReLU (or sigmoid, for models trained with ``bce``/``bg-softmax``), then each (H, W) map divided by its own
-    maximum; an all-zero map stays zero.
+    maximum (``max``: an all-zero map stays zero) or by its maximum + 1e-5 (``max-eps``, the official rule).
 
     >>> relu_max_normalize(torch.tensor([[[-1.0, 2.0], [4.0, 0.0]], [[-3.0, -1.0], [0.0, -2.0]]])).tolist()
     [[[0.0, 0.5], [1.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]]
     >>> relu_max_normalize(torch.tensor([[[0.0, 100.0]]]), "sigmoid").tolist()
     [[[0.5, 1.0]]]
+    >>> relu_max_normalize(torch.tensor([[[0.0, 1e-5]]]), map_norm="max-eps").tolist()
+    [[[0.0, 0.5]]]
     """
     x = torch.sigmoid(scores.float()) if activation == "sigmoid" else scores.float().clamp_min(0)
     peak = x.amax(dim=(-2, -1), keepdim=True)
+    if map_norm == "max-eps":
+        return x / (peak + OFFICIAL_EPS)
     return x / torch.where(peak > 0, peak, torch.ones_like(peak))
 
 
@@ -96,7 +109,7 @@ def plan_batches(items: Sequence[tuple[str, tuple[int, int], int]], batch_size: 
 
 @torch.inference_mode()
 def predict_maps(model: FCN8s, or_maps: torch.Tensor, batch_size: int, device: torch.device,
-                 precision: str, activation: str = "relu") -> torch.Tensor:
+                 precision: str, activation: str = "relu", map_norm: str = "max") -> torch.Tensor:
     """``(N, H, W)`` OR maps -> ``(N, H, W)`` ORANDNet maps (ReLU or sigmoid + per-map max normalisation), CPU."""
     outputs = []
     for chunk in or_maps.split(batch_size):
@@ -105,7 +118,7 @@ def predict_maps(model: FCN8s, or_maps: torch.Tensor, batch_size: int, device: t
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             scores = model(x)[:, 0]
-        outputs.append(relu_max_normalize(scores, activation).cpu())
+        outputs.append(relu_max_normalize(scores, activation, map_norm).cpu())
     return torch.cat(outputs)
 
 
@@ -123,6 +136,7 @@ class _Job:
     batch_size: int
     dtype: str
     activation: str = "relu"
+    map_norm: str = "max"
 
 
 def plan_work(store: Store, ids: Sequence[str], batch_size: int) -> list[list[str]]:
@@ -165,13 +179,16 @@ class PredictStage(Stage):
         model.eval().to(device, memory_format=torch.channels_last if device.type == "cuda" else torch.contiguous_format)
         activation = score_to_map((ckpt.get("train_config") or {}).get("loss"))
         self.job = _Job(model, device, resolve_precision(device, config.precision),
-                        config.batch_size or (16 if device.type == "cuda" else 4), config.dtype, activation)
+                        config.batch_size or (16 if device.type == "cuda" else 4), config.dtype, activation,
+                        config.map_norm)
         self.iteration, planned = ckpt.get("iteration"), (ckpt.get("train_config") or {}).get("iterations")
         self.unfinished = isinstance(self.iteration, int) and isinstance(planned, int) and self.iteration < planned
         self.planned_iterations = planned
         self._parameters = {"checkpoint": str(Path(checkpoint).resolve()), "iteration": self.iteration,
                             "saved_at": ckpt.get("saved_at"), "model": model.config(), "input": INPUT_KIND,
                             "postprocess": f"{activation}, per-map max normalisation", "dtype": config.dtype}
+        if config.map_norm != "max":  # recorded only when not the default: stores written before it resume
+            self._parameters["map_norm"] = config.map_norm
         self._source: Store | None = None
         self._modes = None
 
@@ -209,7 +226,7 @@ class PredictStage(Stage):
                                 notes=[("images with no classes got an empty entry", unit[0])])]
         read = [store.read_maps(INPUT_KIND, i) for i in unit]
         maps = predict_maps(job.model, torch.from_numpy(np.concatenate([m for m, _ in read])), job.batch_size,
-                            job.device, job.precision, job.activation).numpy()
+                            job.device, job.precision, job.activation, job.map_norm).numpy()
         parts = np.split(maps, np.cumsum([len(keys) for _, keys in read])[:-1])
         for image_id, part in zip(unit, parts):
             if not np.isfinite(part).all():
@@ -232,6 +249,7 @@ def predict_orandnet(store_path: str | Path, checkpoint: str | Path, config: Pre
     """
     if config.dtype not in DTYPES:
         raise OrandError(f"unknown map dtype {config.dtype!r}; valid: {', '.join(DTYPES)}")
+    config.check()
     check_precision(config.precision)
     if config.batch_size < 0:
         raise OrandError(f"--batch-size must be >= 1 (or 0 for automatic), got {config.batch_size}")

@@ -17,8 +17,15 @@ ranks wait at a barrier meanwhile.
 Optimizer facts (official ``module/optimizer.py``): one parameter group (no 10x rule for the head), lr 1e-3, poly
 power 0.9 over 5,000 steps. Its ``PolyOptimizer`` passes ``weight_decay`` positionally into ``SGD``'s ``momentum``
 slot, so the official run used momentum = 1e-4 (AMN+MCTformer script; 0 in the ResNet+ViT one) and no weight
-decay. Defaults here are the usual SGD recipe (momentum 0.9, weight decay 5e-4); ``momentum=1e-4,
-weight_decay=0`` reproduces the official optimizer.
+decay. The paper states "lr 0.001, poly, no weight decay" and no momentum: the defaults are lr 1e-3, poly 0.9,
+weight decay 0 and momentum 0 (plain SGD, the effective behaviour of the released run: a momentum of 1e-4 changes
+an update by a ten-thousandth of the previous one); ``--recipe official`` sets momentum 1e-4 to reproduce it bit
+for bit (docs/notes/recipes.md).
+
+The official loop (``encdec_train.py``) tests ``iteration > max_iters`` after the step, so it takes 5,002 steps,
+and its ``PolyOptimizer`` stops updating the lr once ``global_step >= max_step``: the last two steps run at step
+4,999's lr. ``lr_schedule="official"`` (:func:`total_steps`, :func:`step_lr`) reproduces that sequence; the image
+order and dropout masks of the official run come from its global RNG stream and are not reproduced.
 """
 
 from __future__ import annotations
@@ -35,18 +42,24 @@ import torch
 
 from ..engine.training import TrainingLoop, poly_lr, restore_state, training_state
 from ..errors import Interrupted, OrandError
+from ..registries import ORANDNET_LR_SCHEDULES, check_choice
 from ..runtime.devices import autocast, check_precision, cudnn_mode, grad_scaler, resolve_precision
 from ..runtime.distributed import DistInfo, barrier, main_only, mean_across_ranks, process_group, wrap_ddp
 from ..runtime.files import atomic_save, atomic_write_text
 from ..runtime.seeding import seed_everything
 from .data import IterationSampler, OrAndMaps, group_steps, make_loader, sample_numbers, sample_seed, training_set
 from .losses import DEFAULT_LOSS, LossFn, get_loss
-from .model import ARCHS, CHECKPOINT_FORMAT, FCN8s, build_model, check_full_state, get_geometry, read_checkpoint
+from .model import (ARCHS, CHECKPOINT_FORMAT, FCN8s, build_model, check_crop, check_full_state, get_geometry,
+                    read_checkpoint)
 
 CHECKPOINT_NAME = "last.pt"
 LOG_NAME = "train_log.json"
 # Settings a resumed run must share with the checkpoint (they change the mathematics of the remaining steps).
-RESUME_FIXED = ("iterations", "lr", "momentum", "weight_decay", "power", "loss", "arch", "width_div", "seed")
+RESUME_FIXED = ("iterations", "lr", "momentum", "weight_decay", "power", "loss", "arch", "width_div", "seed", "crop",
+                "lr_schedule")
+# the value of a setting a checkpoint written before it existed was trained with
+LEGACY_SETTINGS = {"crop": "aligned", "lr_schedule": "poly"}
+OFFICIAL_TAIL_STEPS = 2
 
 
 @dataclass(frozen=True)
@@ -55,13 +68,15 @@ class TrainConfig:
 
     iterations: int = 5000
     lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = 0.0
+    weight_decay: float = 0.0
     power: float = 0.9
+    lr_schedule: str = "poly"
     loss: str = DEFAULT_LOSS
     pretrained: str = "imagenet"
     arch: str = "fcn8s"
     width_div: int = 1
+    crop: str = "aligned"
     checkpoint_every: int = 500
     seed: int = 0
     device: str = "auto"
@@ -90,13 +105,37 @@ class TrainConfig:
         check_precision(self.precision)
         get_loss(self.loss)
         get_geometry(self.arch)
+        check_crop(self.arch, self.crop)
+        check_choice(ORANDNET_LR_SCHEDULES, self.lr_schedule, "lr schedule")
+
+
+def total_steps(config: TrainConfig) -> int:
+    """Optimizer steps of a run: ``iterations``, plus the official loop's two extra steps.
+
+    >>> total_steps(TrainConfig()), total_steps(TrainConfig(lr_schedule="official"))
+    (5000, 5002)
+    """
+    return config.iterations + (OFFICIAL_TAIL_STEPS if config.lr_schedule == "official" else 0)
+
+
+def step_lr(config: TrainConfig, step: int) -> float:
+    """The learning rate of 0-based ``step``: poly decay over ``iterations``; under the official schedule the steps
+    after the last one keep its lr (the official ``PolyOptimizer`` stops updating it).
+
+    >>> c = TrainConfig(lr_schedule="official")
+    >>> step_lr(c, 0), f"{step_lr(c, 1):.10e}", f"{step_lr(c, 4999):.7e}", step_lr(c, 5001) == step_lr(c, 4999)
+    (0.001, '9.9981999820e-04', '4.6873458e-07', True)
+    """
+    if config.lr_schedule == "official":
+        step = min(step, config.iterations - 1)
+    return poly_lr(config.lr, step, config.iterations, config.power)
 
 
 # -- pieces of the loop ----------------------------------------------------------------------------------------
 
 def build_training_model(config: TrainConfig, resuming: bool) -> FCN8s:
     """The network to train; a resumed run skips the pretrained weights (the checkpoint replaces them)."""
-    return build_model(config.arch, config.width_div, "none" if resuming else config.pretrained)
+    return build_model(config.arch, config.width_div, "none" if resuming else config.pretrained, config.crop)
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.SGD:
@@ -155,6 +194,7 @@ def check_resumable(ckpt: dict, config: TrainConfig, ids: Sequence[str], where: 
     if not isinstance(saved, dict) or "iteration" not in ckpt:
         raise OrandError(f"{where}: holds weights only, not a training state to resume (use --pretrained {where})")
     current = asdict(config)
+    saved = {**LEGACY_SETTINGS, **saved}
     diff = [f"{k} {saved.get(k)!r} -> {current[k]!r}" for k in RESUME_FIXED if saved.get(k) != current[k]]
     if diff:
         raise OrandError(f"{where}: was trained with other settings ({'; '.join(diff)}); resume with the same "
@@ -224,6 +264,7 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
     data = training_set(store_path, config.ids)
     precision = resolve_precision(device, config.precision)
     global_batch = info.world_size * config.accumulate
+    total = total_steps(config)
     saved = None
     if resume:
         saved = read_checkpoint(ckpt_path)
@@ -239,14 +280,14 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
     if saved is not None:
         start, history = restore_training_state(saved, model, optimizer, scaler, ckpt_path)
         del saved
-        if start >= config.iterations:
-            echo(f"{ckpt_path} is already complete ({start} of {config.iterations} iterations)")
+        if start >= total:
+            echo(f"{ckpt_path} is already complete ({start} of {total} iterations)")
             return ckpt_path
-        echo(f"resuming {ckpt_path} at iteration {start} of {config.iterations}")
+        echo(f"resuming {ckpt_path} at iteration {start} of {total}")
     net = wrap_ddp(model, device)
     loss_fn = get_loss(config.loss)
     dataset = OrAndMaps(store_path, data.ids)
-    sampler = IterationSampler(len(data.ids), config.seed, start, config.iterations, info.rank, info.world_size,
+    sampler = IterationSampler(len(data.ids), config.seed, start, total, info.rank, info.world_size,
                                config.accumulate)
     loader = make_loader(dataset, sampler, config.workers, pin_memory=device.type == "cuda")
 
@@ -259,12 +300,12 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
 
     done = start
     recent: deque[float] = deque(maxlen=50)
-    loop = TrainingLoop(config.iterations, start, info, device, "train", config.progress, echo, unit="iteration")
+    loop = TrainingLoop(total, start, info, device, "train", config.progress, echo, unit="iteration")
     try:
         with loop, cudnn_mode(deterministic=True, benchmark=False):
-            for step, batch in zip(range(start, config.iterations), group_steps(loader, config.accumulate)):
+            for step, batch in zip(range(start, total), group_steps(loader, config.accumulate)):
                 with loop.step(model):
-                    lr = poly_lr(config.lr, step, config.iterations, config.power)
+                    lr = step_lr(config, step)
                     seeds = [sample_seed(config.seed, n)
                              for n in sample_numbers(step, info.rank, info.world_size, config.accumulate)]
                     loss = train_step(net, optimizer, scaler, batch, loss_fn, lr, device, precision, seeds=seeds,
@@ -275,20 +316,21 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
                     done = step + 1
                 loop.done(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}")
                 stopping = loop.stopping()
-                if done % config.checkpoint_every == 0 or done == config.iterations or stopping:
+                if done % config.checkpoint_every == 0 or done == total or stopping:
                     with loop.saving():
                         checkpoint(done)
-                if stopping and done < config.iterations:
-                    raise Interrupted(f"interrupted at iteration {done} of {config.iterations}; saved {ckpt_path}; "
+                if stopping and done < total:
+                    raise Interrupted(f"interrupted at iteration {done} of {total}; saved {ckpt_path}; "
                                       f"continue with the same command and --resume")
     except KeyboardInterrupt:  # one process: the step in progress was abandoned, the state is that of ``done``
         with TrainingLoop.saving():
             checkpoint(done)
-        raise Interrupted(f"interrupted at iteration {done} of {config.iterations}; saved {ckpt_path}; continue "
+        raise Interrupted(f"interrupted at iteration {done} of {total}; saved {ckpt_path}; continue "
                           f"with the same command and --resume") from None
     finally:
         dataset.close()
     return ckpt_path
 
 
-__all__ = ["TrainConfig", "train_orandnet", "train_step", "make_optimizer", "build_training_model", "ARCHS"]
+__all__ = ["TrainConfig", "train_orandnet", "train_step", "make_optimizer", "build_training_model", "ARCHS", "step_lr",
+           "total_steps"]

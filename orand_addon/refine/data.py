@@ -5,7 +5,12 @@ whatever the number of loader workers, and a resumed run continues with exactly 
 Crop steps, as IRN: random scale in ``scale_range`` (image bicubic, seed nearest), ImageNet normalisation,
 horizontal flip with probability 1/2, a random ``crop_size`` square (an image larger than the crop is cropped at
 a random place; a smaller one is placed at a random place in a container filled with 0 for the image and 255
-for the seed), and the seed reduced to stride 4 by taking every fourth pixel (``cv2.INTER_NEAREST`` at 0.25).
+for the seed), and the seed reduced to the network's stride-4 grid (``label_sampling``):
+
+* ``nearest`` (default, IRN): Pillow's NEAREST resize to 1/4 (``pil_rescale(label, 0.25, 0)``), which takes
+  source pixel ``floor((i + 0.5) * c / n)``: pixel ``4i + 2`` of a 512 crop, the centre of each 4x4 cell
+  (:func:`nearest_indices`; ``n = ceil(c / 4)``, the size of the network's output).
+* ``top-left``: every fourth pixel from the corner, ``4i`` (what orand-addon did before: half a cell off).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from ..runtime.distributed import rank_batch
 from ..io.images import imagenet_normalize, load_image
+from ..registries import IRN_LABEL_SAMPLING, check_choice, implementations
+from ..runtime.distributed import rank_batch
 from ..store.store import Store
 
 
@@ -29,6 +35,41 @@ from ..store.store import Store
 class CropSpec:
     crop_size: int = 512
     scale_range: tuple[float, float] = (0.5, 1.5)
+    label_sampling: str = "nearest"
+
+
+def nearest_indices(size: int, out: int) -> np.ndarray:
+    """Source indices of a nearest-neighbour resize of ``size`` pixels to ``out``, as Pillow's NEAREST:
+    ``floor((i + 0.5) * size / out)``, computed exactly in integers.
+
+    >>> nearest_indices(512, 128)[:4].tolist(), nearest_indices(10, 3).tolist()
+    ([2, 6, 10, 14], [1, 5, 8])
+    """
+    i = np.arange(out, dtype=np.int64)
+    return ((2 * i + 1) * size) // (2 * out)
+
+
+def _nearest(label: np.ndarray) -> np.ndarray:
+    h, w = label.shape
+    rows, cols = nearest_indices(h, -(-h // 4)), nearest_indices(w, -(-w // 4))
+    return label[rows[:, None], cols[None, :]]
+
+
+def _top_left(label: np.ndarray) -> np.ndarray:
+    return label[::4, ::4]
+
+
+LABEL_SAMPLERS = implementations(IRN_LABEL_SAMPLING, {"nearest": _nearest, "top-left": _top_left})
+
+
+def stride4_label(label: np.ndarray, sampling: str = "nearest") -> np.ndarray:
+    """The (⌈h/4⌉, ⌈w/4⌉) stride-4 label of a (h, w) crop label (module docstring).
+
+    >>> lab = np.arange(64).reshape(8, 8)
+    >>> stride4_label(lab).tolist(), stride4_label(lab, "top-left").tolist()
+    ([[18, 22], [50, 54]], [[0, 4], [32, 36]])
+    """
+    return LABEL_SAMPLERS[check_choice(IRN_LABEL_SAMPLING, sampling, "label sampling")](label)
 
 
 def rescale_pair(image: np.ndarray, seed: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +120,8 @@ def make_crop(image: np.ndarray, seed: np.ndarray, spec: CropSpec, rng: np.rando
     out_lab = np.full((c, c), 255, np.uint8)
     out_img[top:top + ch, left:left + cw] = image[itop:itop + ch, ileft:ileft + cw]
     out_lab[top:top + ch, left:left + cw] = seed[itop:itop + ch, ileft:ileft + cw]
-    return np.ascontiguousarray(out_img.transpose(2, 0, 1)), out_lab[::4, ::4].astype(np.int64)
+    return (np.ascontiguousarray(out_img.transpose(2, 0, 1)),
+            stride4_label(out_lab, spec.label_sampling).astype(np.int64))
 
 
 class SeedCrops(Dataset):

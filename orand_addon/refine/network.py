@@ -146,17 +146,45 @@ def normalize_image(image, device=None) -> torch.Tensor:
     return torch.from_numpy(imagenet_normalize(image)).to(device).permute(2, 0, 1)
 
 
+def inference_canvas(size: tuple[int, int], pad_to: int) -> tuple[int, int]:
+    """The (H, W) the boundary network sees for an image of ``size``: each side zero-padded up to ``pad_to``
+    (IRN: 512); a side already longer is left as it is (IRN would crop it); ``pad_to`` 0: no padding.
+
+    >>> inference_canvas((366, 500), 512), inference_canvas((600, 300), 512), inference_canvas((366, 500), 0)
+    ((512, 512), (600, 512), (366, 500))
+    """
+    h, w = size
+    return max(h, pad_to), max(w, pad_to)
+
+
 @torch.no_grad()
-def predict_edge(model: IRNet, image: torch.Tensor, autocast_context=None) -> torch.Tensor:
+def predict_edge(model: IRNet, image: torch.Tensor, autocast_context=None, pad_to: int = 0) -> torch.Tensor:
     """Boundary probabilities (⌈H/4⌉, ⌈W/4⌉) float32 of a normalised image (3, H, W), averaged with its flip
-    as IRN's ``EdgeDisplacement``: ``sigmoid(logit / 2 + flip(logit of the flipped image) / 2)``."""
+    as IRN's ``EdgeDisplacement``: ``sigmoid(logit / 2 + flip(logit of the flipped image) / 2)``.
+
+    ``pad_to`` (IRN: 512): the image and its flipped copy are each zero-padded on the right and bottom to
+    :func:`inference_canvas` (zero is the ImageNet mean after normalisation), the logits cropped back to the
+    image's top-left ⌈H/4⌉ x ⌈W/4⌉ cells, and only then the flipped one flipped back, as IRN."""
     import contextlib
 
+    h, w = image.shape[-2:]
     batch = torch.stack([image, image.flip(-1)])
+    canvas_h, canvas_w = inference_canvas((h, w), pad_to)
+    if (canvas_h, canvas_w) != (h, w):
+        batch = torch.nn.functional.pad(batch, (0, canvas_w - w, 0, canvas_h - h))
     with autocast_context or contextlib.nullcontext():
         logits, _ = model(batch)
-    logits = logits.float()
-    return torch.sigmoid(logits[0, 0] / 2 + logits[1, 0].flip(-1) / 2)
+    logits = logits.float()[:, 0, : (h - 1) // 4 + 1, : (w - 1) // 4 + 1]
+    return torch.sigmoid(logits[0] / 2 + logits[1].flip(-1) / 2)
+
+
+def trained_crop_size(path: str | Path, default: int = 512) -> int:
+    """The crop size an IRN checkpoint was trained with (its recorded options; ``default`` when absent): the
+    canvas ``--edge-pad auto`` pads inference images to, as IRN trains on 512 crops and infers on 512x512."""
+    saved = load_checkpoint(path)
+    options = saved.get("options") if isinstance(saved, dict) and isinstance(saved.get("options"), dict) else {}
+    size = options.get("crop_size", default)
+    return int(size) if isinstance(size, int) and size > 0 else default
 
 
 def load_trained(path: str | Path, device: torch.device) -> IRNet:

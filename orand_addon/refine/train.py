@@ -3,7 +3,10 @@ separate small functions.
 
 Reference schedule: crop 512, batch 32, 3 epochs of ``N // 32`` steps, SGD with lr 0.1 for the boundary head and
 1.0 for the displacement head, weight decay 1e-4, poly decay (power 0.9). (IRN's ``PolyOptimizer`` passes the
-weight decay positionally into SGD's momentum slot, i.e. momentum 1e-4, effectively none: momentum is 0 here.)
+weight decay positionally into SGD's momentum slot, i.e. momentum 1e-4, effectively none: momentum is 0 here
+unless asked; ``--recipe official`` sets 1e-4.) ORANDNet's release ran IRN with batch 16 (``--irn_batch_size``,
+1,983 steps on train_aug): ``--recipe official`` sets it. The stride-4 labels of the crops are sampled as IRN
+(``label_sampling``, :mod:`.data`).
 
 Files in the run folder: ``irn_last.pt`` (model, optimizer, step; written every ``checkpoint_every`` steps, on
 Ctrl-C and at the end) and ``irn.pt`` (the trained weights and settings, used by the walk). A rerun resumes
@@ -68,6 +71,7 @@ class TrainOptions:
     momentum: float = 0.0
     poly_power: float = 0.9
     scale_range: tuple[float, float] = (0.5, 1.5)
+    label_sampling: str = "nearest"
     radius: int = 10
     backbone: str = "frozen"
     pretrained: str = "imagenet"
@@ -335,7 +339,8 @@ def _train(store_path: str | Path, images: str | Path, run_dir: Path, todo: list
     step, history = start.step, start.history
     del start
     table = path_table(options.radius)
-    dataset = SeedCrops(store_path, images, todo, CropSpec(options.crop_size, tuple(options.scale_range)), options.seed)
+    spec = CropSpec(options.crop_size, tuple(options.scale_range), options.label_sampling)
+    dataset = SeedCrops(store_path, images, todo, spec, options.seed)
     loader = build_loader(dataset, options, step, total, workers, pin_memory=dev.type == "cuda", info=info)
     model.train()
     loop = TrainingLoop(total, step, info, dev, "irn train", progress, echo, resume_hint="the same command continues")

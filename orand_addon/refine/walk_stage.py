@@ -14,7 +14,7 @@ its share of the ids on its own device (``cuda:LOCAL_RANK`` for ``auto``/``cuda`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -30,7 +30,7 @@ from ..masks import maps_to_mask
 from ..runtime.devices import autocast, resolve_precision
 from ..runtime.provenance import file_digest
 from .checks import check_finite, check_images, kind_parameters, select_ids
-from .network import load_trained, normalize_image, predict_edge
+from .network import load_trained, normalize_image, predict_edge, trained_crop_size
 from .random_walk import prepare_cam, random_walk, walk_to_maps
 
 
@@ -44,12 +44,14 @@ class WalkOptions:
     bg_thres: float = 0.25
     cam_power: float = 1.0
     dtype: str = "float16"
+    edge_pad: int | None = None  # pad images to this canvas for the boundary network (IRN: 512); None: the
+    #                              crop size the IRN checkpoint was trained with; 0: no padding
 
 
 def walk_one(model, image: np.ndarray, maps: np.ndarray, keys: np.ndarray, options: WalkOptions,
              device: torch.device, precision: str = "auto", image_id: str = "?") -> tuple[np.ndarray, np.ndarray]:
     """``(rw maps (K, H, W) float32, mask (H, W) uint8)`` of one image."""
-    edge = predict_edge(model, normalize_image(image, device), autocast(device, precision))
+    edge = predict_edge(model, normalize_image(image, device), autocast(device, precision), options.edge_pad or 0)
     if not bool(torch.isfinite(edge).all()):
         raise OrandError(f"{image_id}: the boundary map has NaN or Inf (diverged IRN weights?)")
     cam = prepare_cam(torch.from_numpy(maps).to(device), options.cam_power)
@@ -68,6 +70,8 @@ class WalkStage(Stage):
                  ids: Sequence[str] | None, options: WalkOptions, device: torch.device, precision: str,
                  class_names: Sequence[str] | None, command: str):
         self.store_path, self.kind, self.images = Path(store_path), kind, str(images)
+        if options.edge_pad is None:  # as IRN: the canvas of its training crops (512)
+            options = replace(options, edge_pad=trained_crop_size(checkpoint))
         self.checkpoint, self.wanted, self.options = Path(checkpoint), ids, options
         self.device, self.precision = device, resolve_precision(device, precision)
         self.required_classes = list(class_names) if class_names is not None else None

@@ -19,7 +19,7 @@ from ..errors import OrandError
 from ..runtime.devices import check_precision
 from .data import MaskReader, MaskSource, check_pairs, parse_mask_source
 from .losses import LOSSES
-from .models import BN_MODES, MODELS
+from .models import BN_MODES, MODELS, check_pretrained
 from .schedule import PAPER_SCHEDULE, Schedule, check_fits, parse_schedule
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -94,6 +94,7 @@ def check_config(c: SegTrainConfig) -> Schedule:
             raise OrandError(f"{option} {value!r} is unknown; valid: {', '.join(registry)}")
     schedule = parse_schedule(c.scale_schedule)
     check_fits(schedule, c.epochs, c.scale_schedule)
+    check_pretrained(c.model, c.pretrained)
     return schedule
 
 

@@ -2,9 +2,15 @@
 
 * ``ce``: pixel-wise cross-entropy averaged over the labelled pixels (the DeepLab recipe).
 * ``balanced-ls-ce``: label-smoothed, class-balanced cross-entropy. Each pixel's loss is
-  ``(1 - eps) * -log p[y] + eps * mean_c(-log p[c])`` (label smoothing), weighted by its class weight
-  ``w[y] = median_freq / freq[y]`` (median-frequency balancing over the classes present in the training masks,
-  capped at ``MAX_WEIGHT``), normalised by the sum of the weights.
+  ``(1 - eps) * -log p[y] + eps * mean_c(-log p[c])`` (label smoothing: the cross-entropy against the target
+  ``(1 - eps) onehot(y) + eps / C``), weighted by its class weight ``w[y] = median_freq / freq[y]``
+  (median-frequency balancing over the classes present in the training masks, capped at ``MAX_WEIGHT``),
+  normalised by the sum of the weights.
+
+  This is **our reading** of the paper's segmentation loss ``L_ls,bce`` (its Fig. 2: "label smoothing" and
+  "balanced cross-entropy"); the paper's text defining it could not be checked and the release has no
+  segmentation code, so the balancing (median frequency over the pseudo-masks), the smoothing (uniform, eps 0.1)
+  and the normalisation are the common choices, not confirmed ones. ``--recipe paper`` uses it.
 
 Both are a sum over pixels divided by a weight that carries no gradient (the number of labelled pixels, the sum of
 their class weights); :meth:`parts` returns the two, so that under DDP the training step divides every rank's sum by

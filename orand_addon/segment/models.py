@@ -1,15 +1,15 @@
-"""Segmentation networks behind one factory: DeepLab-v2 (ASPP on a dilated ResNet) and torchvision DeepLabV3.
+"""Segmentation networks behind one factory: DeepLab-v2 (ASPP on a dilated ResNet), torchvision DeepLabV3, and
+DeepLab-v1 LargeFOV on ResNet-38 (the paper's, :mod:`.resnet38`).
 
 Every model is a :class:`SegNet` with a ``backbone`` (ImageNet-initialisable, learning rate 1x) and a ``head``
 (10x), returning logits at the input resolution. Backbones run at output stride 8 (the WSSS standard).
 
->>> sorted(MODELS)  # doctest: +NORMALIZE_WHITESPACE
-['deeplabv2-resnet101', 'deeplabv2-resnet18', 'deeplabv2-resnet18-os16', 'deeplabv2-resnet34',
- 'deeplabv2-resnet50', 'deeplabv3-resnet101', 'deeplabv3-resnet50']
->>> build_model("unet", 21)
+>>> "deeplabv1-resnet38" in MODELS and "deeplabv2-resnet101" in MODELS
+True
+>>> build_model("unet", 21)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-orand_addon.errors.OrandError: unknown model 'unet'; valid: deeplabv2-resnet101, deeplabv2-resnet50, deeplabv2-resnet34, deeplabv2-resnet18, deeplabv2-resnet18-os16, deeplabv3-resnet101, deeplabv3-resnet50
+orand_addon.errors.OrandError: unknown model 'unet'; valid: deeplabv2-resnet101, deeplabv2-resnet50, ...
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import OrandError
 from ..registries import SEG_MODELS, check_choice, implementations
+from .resnet38 import build_deeplabv1_resnet38
 
 ASPP_DILATIONS = (6, 12, 18, 24)
 BN_MODES = ("auto", "frozen", "train")
@@ -159,13 +160,32 @@ MODELS: dict[str, ModelSpec] = implementations(SEG_MODELS, {
                                          "lightest: ResNet-18 at OS 16, ASPP 3/6/9/12 (CPU demo, ~2.5x cheaper)"),
     "deeplabv3-resnet101": ModelSpec(_deeplabv3("resnet101"), "resnet101", "torchvision DeepLabV3, OS 8"),
     "deeplabv3-resnet50": ModelSpec(_deeplabv3("resnet50"), "resnet50", "torchvision DeepLabV3, OS 8"),
+    "deeplabv1-resnet38": ModelSpec(build_deeplabv1_resnet38, "resnet38",
+                                    "DeepLab-v1 LargeFOV on ResNet-38 (PSA/SEAM), OS 8 (the paper's)"),
 })
 
 
-def _load_backbone(backbone: nn.Module, arch: str, spec: str) -> None:
+def _pretrained_state(arch: str, spec: str) -> dict | None:
+    if arch == "resnet38":  # PSA/SEAM weights: mxnet .params or a PSA-key state dict
+        from ..pretrained.resnet38 import load_resnet38_state
+
+        return load_resnet38_state(spec)
     from ..pretrained import load_pretrained_state
 
-    state = load_pretrained_state(arch, spec)
+    return load_pretrained_state(arch, spec)
+
+
+def check_pretrained(name: str, spec: str) -> None:
+    """Fail early, with the one line saying how to get them, when the ImageNet weights a ResNet-38 model asks for
+    are not there (the torchvision backbones are checked when they load)."""
+    if name in MODELS and MODELS[name].arch == "resnet38" and spec == "imagenet":
+        from ..pretrained.resnet38 import find_resnet38_file
+
+        find_resnet38_file()
+
+
+def _load_backbone(backbone: nn.Module, arch: str, spec: str) -> None:
+    state = _pretrained_state(arch, spec)
     if state is None:
         return
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -198,6 +218,8 @@ def build_model(name: str, num_classes: int, pretrained: str = "none", bn: str =
     backbone, head = spec.build(num_classes)
     if pretrained not in ("none", "", None):
         _load_backbone(backbone, spec.arch, pretrained)
+        if hasattr(backbone, "freeze_stem"):  # ResNet-38: conv1a stays as trained on ImageNet (PSA/SEAM)
+            backbone.freeze_stem()
     net = SegNet(backbone, head, name, num_classes, spec.arch)
     if bn == "frozen" or (bn == "auto" and pretrained not in ("none", "", None)):
         net.freeze_bn()

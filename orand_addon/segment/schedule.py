@@ -9,6 +9,9 @@ The paper downsamples "by 8, 4 and 2 for the initial 2, 4 and 6 epochs". Two spe
   end epochs. The other reading of the paper, where 2, 4 and 6 are the *lengths* of the phases, is
   ``8:2,4:4,2:6`` (or ``8@2,4@6,2@12``): [0,2) at 1/8, [2,6) at 1/4, [6,12) at 1/2.
 
+The two readings also have names (:data:`NAMED`): ``paper`` (end epochs, the default) and ``paper-durations``.
+Why the default reads the numbers as end epochs: docs/segmentation.md.
+
 ``none`` (or an empty string) switches scheduling off. Factors are integers >= 1; the two spellings cannot be
 mixed in one string. After the last phase every epoch is full size (factor 1).
 
@@ -26,8 +29,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import OrandError
+from ..registries import SCALE_SCHEDULES, implementations
 
 PAPER_SCHEDULE = "8:2,4:2,2:2"
+NAMED: dict[str, str] = implementations(SCALE_SCHEDULES, {"paper": "8@2,4@4,2@6", "paper-durations": "8:2,4:4,2:6"})
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ def parse_schedule(spec: str) -> Schedule:
 
     >>> parse_schedule("none")
     ()
+    >>> parse_schedule("paper") == parse_schedule(PAPER_SCHEDULE), format_schedule(parse_schedule("paper-durations"))
+    (True, '8:2,4:4,2:6')
     >>> parse_schedule("4:1, 2:3")
     (Phase(factor=4, start=0, end=1), Phase(factor=2, start=1, end=4))
     >>> parse_schedule("8:2,4@4")
@@ -67,6 +74,7 @@ def parse_schedule(spec: str) -> Schedule:
     text = (spec or "").strip()
     if text.lower() in ("", "none", "off"):
         return ()
+    text = NAMED.get(text.lower(), text)
     items = [item.strip() for item in text.split(",")]
     kinds = {":" if ":" in item else "@" if "@" in item else "?" for item in items}
     if "?" in kinds or not items or any(not item for item in items):
