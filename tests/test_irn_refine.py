@@ -179,7 +179,7 @@ def test_walk_after_retraining_refuses_the_masks_of_the_old_weights(pipeline, tm
     res = invoke(*walk)
     assert res.exit_code == 2
     assert res.output.startswith(f"orand-addon: error: {copy}: /rw was written by 'orand-addon ")  # the command line
-    assert res.output.endswith("' with other parameters (checkpoint_sha256 differ); use a new output file or "
+    assert res.output.endswith("' with other parameters (--checkpoint content differ); use a new output file or "
                                "--overwrite\n") and len(res.output.splitlines()) == 1
     with Store(copy) as s:
         assert len(s.ids("masks")) == len(data) - 1  # nothing mixed in

@@ -88,15 +88,13 @@ class DemoRun:
 
 def _orandnet_stage(run: DemoRun, plan: DemoPlan, info) -> None:
     from ..orandnet import PredictConfig, TrainConfig, predict_orandnet, train_orandnet
-    from ..runtime.files import load_checkpoint
 
     run_dir = run.out / "runs" / "orandnet"
     config = TrainConfig(iterations=plan.orandnet_iterations, lr=1e-2, loss="official", pretrained="none",
                          arch="fcn8s-same", width_div=plan.orandnet_width_div, seed=run.seed, device=run.device,
                          checkpoint_every=max(100, plan.orandnet_iterations // 5), progress=run.progress)
-    last = run_dir / "last.pt"
-    done = last.is_file() and load_checkpoint(last).get("iteration") == plan.orandnet_iterations
-    checkpoint = last if done else train_orandnet(run.store, run_dir, config, resume=last.is_file(), echo=run.echo)
+    resume = (run_dir / "last.pt").is_file() or (run_dir / "model.pt").is_file()  # a finished run returns at once
+    checkpoint = train_orandnet(run.store, run_dir, config, resume=resume, echo=run.echo)
     predict_orandnet(run.store, checkpoint, PredictConfig(device=run.device, progress=run.progress), echo=run.echo)
 
 

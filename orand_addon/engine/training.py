@@ -197,8 +197,9 @@ class TrainingLoop:
             self._bar.update(n)
             if postfix:
                 self._bar.set_postfix(refresh=False, **postfix)
-        if len(self._times) == self.cost_after and self.echo is not None:
-            self.echo(cost_line(self.desc, self.total - self.start - len(self._times), self._times[1:] or self._times,
+        left = self.total - self.start - len(self._times)
+        if len(self._times) == self.cost_after and self.echo is not None and left > 0:
+            self.echo(cost_line(self.desc, left, self._times[1:] or self._times,
                                 self.unit, str(self.device), self.resume_hint))
 
     @staticmethod
