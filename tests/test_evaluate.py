@@ -335,3 +335,17 @@ def test_worker_processes_are_never_forked(data, monkeypatch):
     monkeypatch.setattr(evaluate_module, "worker_pool", pool)
     two = evaluate(f"{store}:and", GT, sweep="0.1:0.3:0.1", workers=2)
     assert methods in (["forkserver"], ["spawn"]) and two.num_images == 11
+
+
+def test_a_threshold_at_the_edge_of_the_sweep_is_warned_about(data):
+    """Over 0.10..0.60 the best mIoU of the OR maps lies inside; over a sweep ending below it the best threshold
+    is the sweep's last, and the warning says to sweep higher (the reference's own best decides)."""
+    tmp, store, truth = data
+    inside = run("--pred", f"{store}:or", "--gt", GT, "--sweep", "0.10:0.60:0.10", "--json", tmp / "in.json")
+    best = json.loads((tmp / "in.json").read_text())["sweep"]["best"]["threshold"]
+    assert 0.1 < best < 0.6 and "warning" not in inside.output
+    low = round(best - 0.1, 2)
+    res = run("--pred", f"{store}:or", "--gt", GT, "--sweep", f"{low - 0.05:.2f}:{low:.2f}:0.05")
+    assert res.exit_code == 0, res.output
+    assert (f"  warning: the best-mIoU threshold {low:g} is the highest of the sweep; it may lie above: sweep "
+            f"higher, e.g. --sweep {low - 0.05:g}:{low + 0.1:.3g}:0.05") in res.output
