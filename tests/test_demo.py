@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from orand_addon.cli import cli
@@ -49,11 +50,18 @@ def test_demo_stops_after_fuse_with_the_native_sources_in_the_store(tmp_path):
         np.testing.assert_allclose(s.read_maps("or", image_id)[0], ref, atol=2e-3)  # float16 store
     record = json.loads((out / "results.json").read_text())
     assert set(record["timings_s"]) == {"data", "cams", "fuse"}
+    assert record["machine"]["cores"] >= 1 and record["machine"]["device"] == "cpu: " + (
+        record["machine"]["cpu"]) and record["date"][:2] == "20"
     written = {p: p.stat().st_mtime_ns for p in (out / "cams").rglob("*") if p.is_file()}
     res = run("demo", "--out", out, "--size", TINY, "--stop-after", "fuse", "--device", "cpu", "--no-progress")
     assert res.exit_code == 0, res.output
     # the rerun reuses the classifiers and their CAM dumps instead of training again
     assert {p: p.stat().st_mtime_ns for p in (out / "cams").rglob("*") if p.is_file()} == written
+    # ... and keeps the time they took: its own (the resume's ~0 s) is added, not written over it
+    rerun = json.loads((out / "results.json").read_text())["timings_s"]
+    shown = [float(line.split()[1]) for line in res.output.splitlines() if line.startswith("    cams: ")]
+    assert rerun["cams"] == pytest.approx(record["timings_s"]["cams"] + shown[0], abs=0.051)
+    assert rerun["cams"] >= record["timings_s"]["cams"] > 1
 
 
 def test_unknown_size_is_one_line(tmp_path):

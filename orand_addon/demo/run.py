@@ -255,7 +255,66 @@ def run_demo(out: str | Path = "orand_demo", size: str = "default", seed: int = 
         for line in format_table(run):
             echo(line)
     record = {"size": size, "plan": asdict(plan), "seed": seed, "timings_s": run.timings, "rows": run.rows,
-              "deeplab": run.seg_rows}
-    (run.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    echo(f"wrote {run.out / 'results.json'}")
+              "deeplab": run.seg_rows, "machine": machine(device), "date": time.strftime("%Y-%m-%d %H:%M %z")}
+    path = run.out / "results.json"
+    record = keep_earlier(_read_json(path), record)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    echo(f"wrote {path}")
     return run
+
+
+# -- results.json across reruns ----------------------------------------------------------------------------------
+
+RECOMPUTED = ("evaluate",)  # stages a rerun computes again in full; every other stage resumes what is done
+
+
+def machine(device: str = "auto") -> dict:
+    """Where the numbers were measured: CPU, cores, the compute device, torch."""
+    import os
+    import platform
+
+    import torch
+
+    from ..runtime.devices import resolve_device
+
+    dev = resolve_device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    return {"platform": platform.platform(terse=True), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "device": f"{dev.type}: {name}", "torch": torch.__version__}
+
+
+def keep_earlier(previous: dict | None, current: dict) -> dict:
+    """``current`` with the timings of earlier runs into the same folder (same size, seed and machine) kept: a
+    resumed stage adds its time to the earlier one (a finished stage adds ~0 s instead of replacing the time it
+    took with the resume's), a stage computed again in full (:data:`RECOMPUTED`) has this run's time, and stages
+    and rows this run did not reach keep their earlier values.
+
+    >>> old = {"size": "ci", "seed": 0, "machine": {"cores": 2}, "rows": [{"row": "OR"}],
+    ...        "timings_s": {"data": 5.0, "evaluate": 3.0, "deeplab": 90.0},
+    ...        "deeplab": [{"row": "plain", "train_s": 80.0}]}
+    >>> new = {"size": "ci", "seed": 0, "machine": {"cores": 2}, "timings_s": {"data": 0.1, "evaluate": 2.9},
+    ...        "rows": [], "deeplab": []}
+    >>> merged = keep_earlier(old, new)
+    >>> merged["timings_s"], merged["rows"], merged["deeplab"][0]["train_s"]
+    ({'data': 5.1, 'evaluate': 2.9, 'deeplab': 90.0}, [{'row': 'OR'}], 80.0)
+    >>> keep_earlier({**old, "seed": 1}, new)["timings_s"]
+    {'data': 0.1, 'evaluate': 2.9}
+    """
+    same = previous is not None and all(previous.get(k) == current.get(k) for k in ("size", "seed", "machine"))
+    if not same:
+        return current
+    timings = dict(previous.get("timings_s", {}))
+    for stage, seconds in current["timings_s"].items():
+        timings[stage] = seconds if stage in RECOMPUTED else round(timings.get(stage, 0.0) + seconds, 1)
+    earlier_seg = {r["row"]: r for r in previous.get("deeplab", [])}
+    seg = [{**r, "train_s": round(earlier_seg.get(r["row"], {}).get("train_s", 0.0) + r["train_s"], 1)}
+           for r in current["deeplab"]] or previous.get("deeplab", [])
+    return {**current, "timings_s": timings, "rows": current["rows"] or previous.get("rows", []), "deeplab": seg}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
