@@ -72,6 +72,7 @@ class DemoRun:
     timings: dict[str, float] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     seg_rows: list[dict] = field(default_factory=list)
+    evaluations: dict = field(default_factory=dict)  # kind -> EvalResult of the evaluate stage (for the report)
 
     @property
     def store(self) -> Path:
@@ -141,20 +142,22 @@ def _evaluate_stage(run: DemoRun, info) -> None:
         row["pa_thres"] = result.precision_aware_threshold
         row["pa"] = _scores(result, pa) if pa is not None else None
         run.rows.append(row)
+        run.evaluations[kind] = result
     masks = evaluate(f"{run.store}:masks", info.masks, ids=list(info.train_ids), classes=str(info.classes_path))
     run.rows.append({"row": "ORANDNet + IRN masks (IRN bg 0.25)", "kind": "masks", "best_thres": None,
                      **_scores(masks, 0), "pa_thres": None, "pa": None})
-    _write_report(run, info)
+    run.evaluations["masks"] = masks
 
 
-def _write_report(run: DemoRun, info) -> None:
-    from ..evaluation.stage import evaluate
-    from ..evaluation.report import write_report
+def _write_report(run: DemoRun, record: dict) -> None:
+    """The report of the whole run (:mod:`.report`): after the evaluate stage, DeepLab's rows when it ran."""
+    from .report import write_demo_report
+    from .synthetic import load_dataset
 
+    runs = [(r["row"], Path(r["val_masks"])) for r in run.seg_rows if "val_masks" in r]
     try:
-        result = evaluate(f"{run.store}:orandnet", info.masks, ids=list(info.train_ids), sweep=SWEEP,
-                          classes=str(info.classes_path))
-        page = write_report(result, run.out / "report", images=info.images)
+        page = write_demo_report(run.out / "report", record, run.evaluations, run.store,
+                                 load_dataset(run.out / "data"), runs)
         run.echo(f"    report: {page}")
     except OrandError as exc:  # matplotlib missing: the table still stands
         run.echo(f"    report skipped: {exc}")
@@ -183,7 +186,8 @@ def _deeplab_stage(run: DemoRun, plan: DemoPlan, info) -> None:
                                               device=run.device, show_progress=run.progress))
         run.seg_rows.append({"row": label, "mIoU": 100 * scores["miou"],
                              "precision": 100 * scores.get("mean_precision", float("nan")),
-                             "recall": 100 * scores.get("mean_recall", float("nan")), "train_s": round(seconds, 1)})
+                             "recall": 100 * scores.get("mean_recall", float("nan")), "train_s": round(seconds, 1),
+                             "val_masks": str(out / "val_masks")})
 
 
 def format_table(run: DemoRun) -> list[str]:
@@ -260,6 +264,8 @@ def run_demo(out: str | Path = "orand_demo", size: str = "default", seed: int = 
     record = keep_earlier(_read_json(path), record)
     path.write_text(json.dumps(record, indent=2) + "\n")
     echo(f"wrote {path}")
+    if run.evaluations:
+        _write_report(run, record)
     return run
 
 
