@@ -285,7 +285,21 @@ def test_report_pictures_and_page(data, tmp_path):
         with Image.open(tmp_path / "rep" / name) as im:
             assert im.size[0] > 300 and im.size[1] > 200
     page = (tmp_path / "rep" / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<td>aeroplane</td>" in page
+    assert "<td>aeroplane</td>" in page
+    # the examples: one picture per panel with its caption, the first and the last id; a colour bar of the heat
+    # maps (the jet colour map from blue to dark red); a legend naming every class of the masks shown
+    ids = voc_mini_ids()
+    titles = ["image", "source A", "source B", "OR", "AND", "pseudo-mask (bg ", "ground truth"]
+    assert page.count("<figure>") == 2 * len(titles) and all(f"<h3>{i}</h3>" in page for i in (ids[0], ids[-1]))
+    assert all(page.count(f"<figcaption>{t}") == 2 for t in titles)
+    assert 'class="bar" style="background:linear-gradient(to right,#000080,' in page and "#800000)" in page
+    legend = page[page.index('<div class="legend">'):]
+    legend = legend[: legend.index("</div>")]
+    from orand_addon.classes import VOC_CLASSES
+    shown = set(np.unique(np.concatenate([gt_mask(i).ravel() for i in (ids[0], ids[-1])])).tolist())
+    for value in shown:
+        assert (VOC_CLASSES[value] if value < 255 else "void / no prediction") in legend, (value, legend)
+    assert page.count("data:image/png;base64,") == 2 + 2 * len(titles)  # two charts and the panels
 
 
 def test_report_without_matplotlib_says_which_extra(data, tmp_path, monkeypatch):

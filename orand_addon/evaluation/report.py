@@ -141,7 +141,8 @@ def _pseudo_mask(pred: Prediction, threshold: float | None) -> np.ndarray:
 
 
 def example_rows(result: EvalResult, spec: PredSpec, image_dir: str | Path | None, ids: Sequence[str]):
-    """``(column titles, rows (id, RGB panels), mask values shown)`` for the example grid."""
+    """``(column titles, rows (id, RGB panels), mask values shown, whether there are heat maps)`` for the example
+    grid."""
     gt = GroundTruth(result.gt)
     source = open_prediction(spec)
     shown: set[int] = set()
@@ -168,15 +169,15 @@ def example_rows(result: EvalResult, spec: PredSpec, image_dir: str | Path | Non
             shown.update(np.unique(mask).tolist() + np.unique(label).tolist())
             panels += [colorize(mask), colorize(label)]
             rows.append((image_id, panels))
-        return titles, rows, sorted(shown)
+        return titles, rows, sorted(shown), bool(columns)
     finally:
         source.close()
 
 
 def example_grid(titles: list[str], rows: list, path: Path, class_names: Sequence[str] = (),
-                 shown: Sequence[int] = ()) -> Path:
-    """The examples as one PNG (for documents): panels of 2.4 inches, the colour bar of the heat maps and the
-    legend of the mask classes below them."""
+                 shown: Sequence[int] = (), heat_maps: bool = True) -> Path:
+    """The examples as one PNG (for documents): panels of 2.4 inches, the colour bar of the heat maps (if any)
+    and the legend of the mask classes below them."""
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
     from matplotlib.patches import Patch
@@ -193,14 +194,16 @@ def example_grid(titles: list[str], rows: list, path: Path, class_names: Sequenc
                 ax.set_title(titles[c], fontsize=10)
             if c == 0:
                 ax.set_ylabel(image_id, fontsize=9)
-    bar = fig.add_subplot(grid[len(rows), : max(1, len(titles) // 3)])
-    fig.colorbar(ScalarMappable(Normalize(0, 1), html.HEAT_COLORMAP), cax=bar, orientation="horizontal")
-    bar.set_title("heat maps (blended with the image)", fontsize=9)
+    split = max(1, len(titles) // 3) if heat_maps else 0
+    if heat_maps:
+        bar = fig.add_subplot(grid[len(rows), :split])
+        fig.colorbar(ScalarMappable(Normalize(0, 1), html.HEAT_COLORMAP), cax=bar, orientation="horizontal")
+        bar.set_title("heat maps (blended with the image)", fontsize=9)
     palette = voc_palette() / 255
     handles = [Patch(color=palette[v], label="void / none" if v == 255 else
                      (class_names[v] if v < len(class_names) else str(v))) for v in shown]
-    if handles:
-        holder = fig.add_subplot(grid[len(rows), max(1, len(titles) // 3):])
+    if handles and split < len(titles):
+        holder = fig.add_subplot(grid[len(rows), split:])
         holder.axis("off")
         holder.legend(handles=handles, loc="center", ncol=min(len(handles), 8), fontsize=9, title="mask classes",
                       title_fontsize=9, frameon=False)
@@ -209,9 +212,11 @@ def example_grid(titles: list[str], rows: list, path: Path, class_names: Sequenc
     return path
 
 
-def examples_html(titles: list[str], rows: list, class_names: Sequence[str], shown: Sequence[int]) -> str:
-    """The examples for the page: a colour bar, a class legend, and each image's panels with their titles."""
-    return (html.colorbar(HEAT_LABEL) + html.legend(class_names, shown)
+def examples_html(titles: list[str], rows: list, class_names: Sequence[str], shown: Sequence[int],
+                  heat_maps: bool = True) -> str:
+    """The examples for the page: a colour bar (with heat maps), a class legend, and each image's panels with
+    their titles."""
+    return ((html.colorbar(HEAT_LABEL) if heat_maps else "") + html.legend(class_names, shown)
             + html.example_rows([(image_id, list(zip(titles, panels))) for image_id, panels in rows]))
 
 
@@ -251,9 +256,10 @@ def write_report(result: EvalResult, out_dir: str | Path, images: str | Path | N
     chosen = pick_examples(result.ids, examples)
     shown_html, columns = "", 1
     if chosen:
-        titles, rows, shown = example_rows(result, spec or PredSpec(result.pred), images, chosen)
-        example_grid(titles, rows, out / "eval_examples.png", result.class_names, shown)
-        shown_html, columns = examples_html(titles, rows, result.class_names, shown), len(titles)
+        titles, rows, shown, heat_maps = example_rows(result, spec or PredSpec(result.pred), images, chosen)
+        example_grid(titles, rows, out / "eval_examples.png", result.class_names, shown, heat_maps)
+        shown_html = examples_html(titles, rows, result.class_names, shown, heat_maps)
+        columns = len(titles)
     page = out / "index.html"
     page.write_text(html_page(result, charts, shown_html, columns))
     return page
