@@ -127,3 +127,28 @@ def test_use_it_on_your_cams_runs_as_written(workdir, monkeypatch):
     assert f"mIoU {100 * ref_scores(pairs, 21)['mean_iou']:.2f}, precision" in outputs[8]
     assert sorted(p.stem for p in Path("orandnet_cams").glob("*.npy")) == ids
     assert np.isfinite([scored["metrics"]["mean_precision"], scored["metrics"]["mean_recall"]]).all()
+
+
+def test_the_from_python_block_runs_as_written_and_counts_as_written_out(workdir):
+    """docs/from_python.py (the README's "From Python" block, verbatim) in the same folder layout: its mIoU is that
+    of Eq. 1 in float64, thresholded at 0.15 and counted pixel by pair."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import reference_or_and, ref_mask
+
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, str(root / "docs" / "from_python.py")], cwd=workdir, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    from orand_addon import read_cams
+
+    amn, mct = read_cams(workdir / "amn_cams"), read_cams(workdir / "mct_cams")
+    pairs = Counter()
+    for image_id in voc_mini_ids():
+        keys = amn[image_id].keys
+        assert mct[image_id].keys.tolist() == keys.tolist()
+        or_maps, _ = reference_or_and(amn[image_id].maps, mct[image_id].maps)
+        pairs.update(ref_pairs(gt_mask(image_id), ref_mask(or_maps, keys, 0.15)))
+    assert float(res.stdout) == pytest.approx(ref_scores(pairs, 21)["mean_iou"], abs=2e-4)
