@@ -149,7 +149,7 @@ def main() -> int:
     parser.add_argument("--write-baseline", type=Path, default=None)
     args = parser.parse_args()
 
-    from orand_addon.demo.run import run_demo
+    from orand_addon.demo.run import machine, run_demo
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="orand_bench_"))
     try:
@@ -157,7 +157,8 @@ def main() -> int:
         demo = run_demo(workdir, size=args.size, seed=args.seed, device="cpu", progress=False,
                         echo=lambda line: print(line, flush=True))
         record = {"size": args.size, "seed": args.seed, "demo_seconds": round(time.perf_counter() - start, 1),
-                  "timings_s": demo.timings, "rows": demo.rows, "deeplab": demo.seg_rows}
+                  "timings_s": demo.timings, "rows": demo.rows, "deeplab": demo.seg_rows, "machine": machine("cpu"),
+                  "date": time.strftime("%Y-%m-%d %H:%M %z")}
         if args.losses:
             record["losses"] = loss_rows(workdir, args.size, [x for x in args.losses.split(",") if x], args.seed)
             for row in record["losses"]:

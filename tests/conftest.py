@@ -12,3 +12,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 # A bug shows its traceback in the tests (and in the subprocesses they start) instead of the one-line message
 # that users get.
 os.environ.setdefault("ORAND_ADDON_TRACEBACK", "1")
+
+# Tests never download anything: ``--pretrained imagenet`` without a cached file ends in the offline message (the
+# download path itself is tested with a replaced download function, tests/test_pretrained.py).
+os.environ["ORAND_ADDON_OFFLINE"] = "1"

@@ -15,7 +15,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ALIGNED = (5, 9, 31)  # Long et al.'s fixed offsets

@@ -69,3 +69,21 @@ def test_a_bug_is_one_line_unless_the_traceback_is_asked_for(tmp_path, monkeypat
     monkeypatch.setenv("ORAND_ADDON_TRACEBACK", "1")
     with pytest.raises(RuntimeError, match="Unable to open object"):
         cli_module.main(args)
+
+
+def test_help_shows_every_source_option_and_plain_percent_signs():
+    res = run("fuse", "--help")
+    assert res.exit_code == 0
+    for option in ("--cams-c", "--format-a", "--format-c", "--shift-a", "--shift-b", "--shift-c"):
+        assert option in res.output, option
+    assert "--cams-d," in res.output and "\n  --cams-d" not in res.output  # the fourth source: named, not listed
+    assert "35-50% smaller" in res.output and "%%" not in res.output
+    for command in COMMANDS:
+        assert "%%" not in run(command, "--help").output, command
+
+
+def test_refine_help_names_seed_and_mask_thresholds_apart():
+    res = run("refine", "--help")
+    assert "--seed-bg-thres" in res.output and "--seed-fg-thres" in res.output and "--sem-seg-bg-thres" in res.output
+    assert "\n  --bg-thres" not in res.output and "\n  --fg-thres" not in res.output  # old spellings: hidden aliases
+    assert "ImageNet ResNet-50 weights" in res.output

@@ -86,7 +86,7 @@ def test_ddp_training_takes_the_steps_of_one_process_with_the_same_global_batch(
     assert "already trained (2 steps); skipped" in run(*args).output
     res = run(*args, "--batch-size", 2)
     assert res.exit_code == 2
-    assert res.output == (f"orand-addon: error: {out / 'irn.pt'} was trained with other settings (batch_size "
+    assert res.output == (f"orand-addon: error: {out / 'irn.pt'} was trained with other settings (--batch-size "
                           f"differ); use another --run-dir, or --no-resume to train again\n")
 
 

@@ -68,9 +68,9 @@ def test_ddp_steps_equal_one_process_on_the_same_global_batch(store, tmp_path):
     out = tmp_path / "ddp"
     res = torchrun("-m", "orand_addon", "train", "--store", store, "--out", out, *ARGS)
     assert res.returncode == 0, res.stdout + res.stderr[-4000:]
-    assert res.stdout.count(f"wrote {out / 'last.pt'}") == 1  # rank 0 only
-    assert sorted(p.name for p in out.iterdir()) == ["last.pt", "train_log.json"]
-    ddp = torch.load(out / "last.pt", weights_only=True)
+    assert res.stdout.count(f"wrote {out / 'model.pt'}") == 1  # rank 0 only
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt", "train_log.json"]
+    ddp = torch.load(out / "model.pt", weights_only=True)
     assert (ddp["iteration"], ddp["global_batch"]) == (3, 2)
     assert json.loads((out / "train_log.json").read_text())["losses"] == ddp["history"]
 
@@ -81,7 +81,7 @@ def test_ddp_steps_equal_one_process_on_the_same_global_batch(store, tmp_path):
 
     res = run("train", "--store", store, "--out", tmp_path / "one", "--accumulate", 2, *ARGS)
     assert res.exit_code == 0, res.output
-    assert_same_training(torch.load(tmp_path / "one" / "last.pt", weights_only=True), state, losses)
+    assert_same_training(torch.load(tmp_path / "one" / "model.pt", weights_only=True), state, losses)
 
 
 def test_resuming_needs_the_same_global_batch(store, tmp_path):
@@ -89,7 +89,7 @@ def test_resuming_needs_the_same_global_batch(store, tmp_path):
     assert run("train", "--store", store, "--out", out, "--accumulate", 2, *ARGS).exit_code == 0
     res = run("train", "--store", store, "--out", out, "--resume", *ARGS)
     assert res.exit_code == 2
-    assert res.output.splitlines()[-1] == (f"orand-addon: error: {out / 'last.pt'}: was trained with 2 images per "
+    assert res.output.splitlines()[-1] == (f"orand-addon: error: {out / 'model.pt'}: was trained with 2 images per "
                                            f"step, this run takes 1 (ranks x --accumulate); resume with the same "
                                            f"global batch")
     res = run("train", "--store", store, "--out", out, "--resume", "--accumulate", 2, *ARGS)
@@ -110,4 +110,4 @@ def test_a_one_process_checkpoint_continues_under_torchrun(store, tmp_path, monk
     res = torchrun("-m", "orand_addon", "train", "--store", store, "--out", out, "--resume", *ARGS)
     assert res.returncode == 0, res.stdout + res.stderr[-4000:]
     assert res.stderr.count(f"resuming {out / 'last.pt'} at iteration 2 of 3") == 1  # rank 0 only
-    assert_same_training(torch.load(out / "last.pt", weights_only=True), *reference_training(store, 2, **SETTINGS))
+    assert_same_training(torch.load(out / "model.pt", weights_only=True), *reference_training(store, 2, **SETTINGS))

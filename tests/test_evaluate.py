@@ -285,7 +285,21 @@ def test_report_pictures_and_page(data, tmp_path):
         with Image.open(tmp_path / "rep" / name) as im:
             assert im.size[0] > 300 and im.size[1] > 200
     page = (tmp_path / "rep" / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 3 and "<td>aeroplane</td>" in page
+    assert "<td>aeroplane</td>" in page
+    # the examples: one picture per panel with its caption, the first and the last id; a colour bar of the heat
+    # maps (the jet colour map from blue to dark red); a legend naming every class of the masks shown
+    ids = voc_mini_ids()
+    titles = ["image", "source A", "source B", "OR", "AND", "pseudo-mask (bg ", "ground truth"]
+    assert page.count("<figure>") == 2 * len(titles) and all(f"<h3>{i}</h3>" in page for i in (ids[0], ids[-1]))
+    assert all(page.count(f"<figcaption>{t}") == 2 for t in titles)
+    assert 'class="bar" style="background:linear-gradient(to right,#000080,' in page and "#800000)" in page
+    legend = page[page.index('<div class="legend">'):]
+    legend = legend[: legend.index("</div>")]
+    from orand_addon.classes import VOC_CLASSES
+    shown = set(np.unique(np.concatenate([gt_mask(i).ravel() for i in (ids[0], ids[-1])])).tolist())
+    for value in shown:
+        assert (VOC_CLASSES[value] if value < 255 else "void / no prediction") in legend, (value, legend)
+    assert page.count("data:image/png;base64,") == 2 + 2 * len(titles)  # two charts and the panels
 
 
 def test_report_without_matplotlib_says_which_extra(data, tmp_path, monkeypatch):
@@ -335,3 +349,17 @@ def test_worker_processes_are_never_forked(data, monkeypatch):
     monkeypatch.setattr(evaluate_module, "worker_pool", pool)
     two = evaluate(f"{store}:and", GT, sweep="0.1:0.3:0.1", workers=2)
     assert methods in (["forkserver"], ["spawn"]) and two.num_images == 11
+
+
+def test_a_threshold_at_the_edge_of_the_sweep_is_warned_about(data):
+    """Over 0.10..0.60 the best mIoU of the OR maps lies inside; over a sweep ending below it the best threshold
+    is the sweep's last, and the warning says to sweep higher (the reference's own best decides)."""
+    tmp, store, truth = data
+    inside = run("--pred", f"{store}:or", "--gt", GT, "--sweep", "0.10:0.60:0.10", "--json", tmp / "in.json")
+    best = json.loads((tmp / "in.json").read_text())["sweep"]["best"]["threshold"]
+    assert 0.1 < best < 0.6 and "warning" not in inside.output
+    low = round(best - 0.1, 2)
+    res = run("--pred", f"{store}:or", "--gt", GT, "--sweep", f"{low - 0.05:.2f}:{low:.2f}:0.05")
+    assert res.exit_code == 0, res.output
+    assert (f"  warning: the best-mIoU threshold {low:g} is the highest of the sweep; it may lie above: sweep "
+            f"higher, e.g. --sweep {low - 0.05:g}:{low + 0.1:.3g}:0.05") in res.output

@@ -81,3 +81,23 @@ def test_inspect_store(tmp_path):
     res = run("inspect", store)
     assert res.exit_code == 0
     assert "/or: 11 maps" in res.output and "source a:" in res.output and "(amn)" in res.output
+
+
+def test_inspect_names_classes_in_its_problems(tmp_path):
+    from helpers import gt_classes, gt_mask
+    from orand_addon.classes import VOC_CLASSES
+    from orand_addon.io.writers import write_cam
+
+    image_id = "2011_000006"
+    written = write_voc_mini_cams(tmp_path / "amn", "amn", seed=1, ids=[image_id, "2007_000033"])
+    keys, maps = written[image_id]
+    maps = maps.copy()
+    maps[1] = 0.0  # the second class's map is all zero
+    write_cam(tmp_path / "amn", image_id, "amn", keys, maps)
+    write_cam(tmp_path / "amn", "2007_000033", "amn", keys[:1], written["2007_000033"][1])  # a class it has not
+    res = run("inspect", tmp_path / "amn")
+    assert res.exit_code == 0, res.output
+    names = [VOC_CLASSES[k + 1] for k in keys]
+    assert f"{image_id}.npy: all-zero map for {names[1]}" in res.output
+    truth = VOC_CLASSES[gt_classes(gt_mask("2007_000033"))[0] + 1]
+    assert f"2007_000033.npy: classes {names[0]} differ from the labels' {truth}" in res.output

@@ -231,7 +231,7 @@ def test_rerun_with_other_parameters_is_refused(amn_mct):
     assert run("fuse", "--cams-a", tmp / "amn", "--cams-b", tmp / "mct", "--out", out, "--no-progress").exit_code == 0
     res = run("fuse", "--cams-a", tmp / "amn", "--cams-b", tmp / "mct", "--out", out, "--fusion-norm", "none",
               "--no-progress")
-    assert res.exit_code == 2 and "with other parameters (normalize differ)" in res.output
+    assert res.exit_code == 2 and "with other parameters (--fusion-norm differ)" in res.output  # the option's name
 
 
 def test_relative_and_absolute_paths_of_the_same_labels_and_images_resume(amn_mct, monkeypatch):

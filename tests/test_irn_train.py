@@ -182,7 +182,7 @@ def test_bad_training_settings(seeded, monkeypatch, tmp_path):
     with pytest.raises(OrandError, match=rf"^{len(ids)} images have seeds; --batch-size 32 needs at least that many"):
         train_irn(store, tmp / "img", tmp_path / "r", options=TrainOptions(**{**TINY.__dict__, "batch_size": 32}))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
-    with pytest.raises(OrandError, match="no ImageNet resnet50 weights found offline"):
+    with pytest.raises(OrandError, match="no ImageNet resnet50 weights: resnet50-0676ba61.pth is not in"):
         train_irn(store, tmp / "img", tmp_path / "r", options=TrainOptions(crop_size=96, batch_size=2), device="cpu")
 
 

@@ -79,8 +79,7 @@ def test_imagenet_weights_from_the_torch_hub_cache_land_by_name(tmp_path, monkey
 
 def test_missing_imagenet_file_and_wrong_weight_files(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(OrandError, match="no ImageNet vgg16 weights found offline: put torchvision's "
-                                         "vgg16-397923af.pth into"):
+    with pytest.raises(OrandError, match="no ImageNet vgg16 weights: vgg16-397923af.pth is not in "):
         build_model("fcn8s", pretrained="imagenet")
     with pytest.raises(OrandError, match="--pretrained imagenet needs the full VGG16 width"):
         build_model("fcn8s", width_div=8, pretrained="imagenet")

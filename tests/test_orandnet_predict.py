@@ -28,7 +28,7 @@ def trained(tmp_path_factory):
     res = run("train", "--store", store, "--out", root / "run", "--iterations", 2, "--loss", "bg-softmax",
               "--pretrained", "none", "--width-div", 8, *TINY_ARGS)
     assert res.exit_code == 0, res.output
-    return store, root / "run" / "last.pt", empty
+    return store, root / "run" / "model.pt", empty
 
 
 @pytest.fixture
@@ -146,7 +146,7 @@ def test_bad_checkpoints_and_stores_give_one_line(store_copy, tmp_path):
                f"(8, 1, 3, 3))",
         tmp_path / "absent.pt": f"{tmp_path / 'absent.pt'}: checkpoint not found",
         bare: f"{bare}: holds ORANDNet weights only, without the architecture and loss they were trained with; use "
-              f"the last.pt that 'orand-addon train' wrote",
+              f"the model.pt (or last.pt) that 'orand-addon train' wrote",
     }
     for path, message in expected.items():
         res = run("predict", "--store", store, "--checkpoint", path, *TINY_ARGS)
@@ -179,7 +179,7 @@ def test_another_checkpoint_needs_overwrite(store_copy, tmp_path):
 def test_help_has_examples():
     res = run("predict", "--help")
     assert res.exit_code == 0
-    assert "orand-addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt" in res.output
+    assert "orand-addon predict --store fused.h5 --checkpoint runs/orandnet/model.pt" in res.output
     assert "--batch-size" in res.output
 
 
@@ -188,7 +188,7 @@ def test_official_loss_checkpoint_predicts_relu_of_the_scores(tmp_path):
     res = run("train", "--store", store, "--out", tmp_path / "run", "--iterations", 1, "--loss", "official",
               "--pretrained", "none", "--width-div", 8, *TINY_ARGS)
     assert res.exit_code == 0, res.output
-    ckpt = tmp_path / "run" / "last.pt"
+    ckpt = tmp_path / "run" / "model.pt"
     assert run("predict", "--store", store, "--checkpoint", ckpt, "--dtype", "float32", *TINY_ARGS).exit_code == 0
     model, _ = load_orandnet(ckpt)
     with Store(store) as s:

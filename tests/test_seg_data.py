@@ -165,11 +165,11 @@ def test_empty_training_list_python_api(tiny, tmp_path):
 
 
 @pytest.mark.parametrize("extra, masks, text", [
-    ((), "missing-id", "no /masks/ID in"),
+    ((), "missing-id", "1 of its 4 ids have no image in"),
     ((), "no-store", "not an HDF5 store (.h5, optionally :GROUP) or a folder of label PNGs"),
     ((), "group", "no /seeds group (write masks first, or use :GROUP)"),
-    (("--val-list", "LIST"), None, "--val-list and --gt go together"),
-    (("--batch-size", "9"), None, "the training list has 4 images, fewer than --batch-size 9"),
+    (("--val-list", "LIST"), None, "--val-list needs --gt: per-epoch validation scores against ground truth"),
+    (("--batch-size", "9"), None, "--batch-size 9: more than the 4 training images (use a smaller --batch-size)"),
     (("--model", "unet"), None, "--model 'unet' is unknown; valid: deeplabv2-resnet101,"),
     (("--loss", "dice"), None, "--loss 'dice' is unknown; valid: ce, balanced-ls-ce"),
     (("--scale-range", "1.5,0.5"), None, "--scale-range 1.5,0.5: need 0 < low <= high"),
@@ -180,7 +180,7 @@ def test_other_bad_inputs(tiny, tmp_path, extra, masks, text):
         with Store(masks, "a", class_names=VOC_CLASSES) as store:
             for image_id in tiny["ids"][:3]:
                 store.write_mask("masks", image_id, load_label_png(tiny["masks"] / f"{image_id}.png"))
-        text = text.replace("ID", tiny["ids"][3])
+        text = text + f" {tiny['images']} or no mask in {masks} (e.g. {tiny['ids'][3]}); pass a list file"
     elif masks == "no-store":
         masks = tmp_path / "nothing.txt"
     elif masks == "group":
@@ -202,7 +202,7 @@ def test_validation_gt_not_matching(tiny, tmp_path):
 def test_missing_imagenet_weights_is_a_clear_error(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     res = train_seg(tiny, tmp_path / "run", "--model", "deeplabv2-resnet50", "--pretrained", "imagenet")
-    assert_one_line_error(res, tmp_path / "run", "no ImageNet resnet50 weights found offline")
+    assert_one_line_error(res, tmp_path / "run", "no ImageNet resnet50 weights: resnet50-0676ba61.pth is not in")
 
 
 def test_store_read_by_worker_processes_gives_the_same_batches(tmp_path):

@@ -66,8 +66,19 @@ def test_segment_writes_masks_that_score_as_counted(trained, tmp_path):
     miou, iou = independent_scores(out, tiny["masks"], tiny["ids"])
     scores = json.loads((tmp_path / "s.json").read_text())
     assert scores["miou"] == pytest.approx(miou, abs=1e-9)
-    assert f"mIoU {100 * miou:.2f}" in res.output
+    assert f"mIoU {100 * miou:.2f}, precision {100 * scores['mean_precision']:.2f}, recall " in res.output
     names = list(scores["iou"])
+    # the per-class table of evaluate: IoU, precision, recall per class, counted independently here
+    header = next(line for line in res.output.splitlines() if line.startswith("class "))
+    assert header.split()[:4] == ["class", "IoU", "Precision", "Recall"]
+    gt_all = np.concatenate([load_label_png(tiny["masks"] / f"{i}.png").ravel() for i in tiny["ids"]])
+    pred_all = np.concatenate([load_label_png(out / f"{i}.png").ravel() for i in tiny["ids"]])
+    for c in sorted(iou):
+        tp = np.sum((pred_all == c) & (gt_all == c))
+        pred_c, gt_c = np.sum((pred_all == c) & (gt_all != 255)), np.sum(gt_all == c)
+        precision, recall = (tp / pred_c if pred_c else 0.0), (tp / gt_c if gt_c else 0.0)
+        row = next(line for line in res.output.splitlines() if line.startswith(names[c] + " "))
+        assert row.split()[1:4] == [f"{100 * iou[c]:.2f}", f"{100 * precision:.2f}", f"{100 * recall:.2f}"], row
     for c, value in iou.items():
         assert scores["iou"][names[c]] == pytest.approx(value, abs=1e-9)
     # the evaluate command scores the written masks the same
@@ -87,8 +98,8 @@ def test_segment_writes_masks_that_score_as_counted(trained, tmp_path):
     # other parameters into the same folder: refused
     res = segment("--checkpoint", ckpt, "--images", tiny["images"], "--ids", tiny["list"], "--out", out)
     assert res.exit_code == 2
-    assert ("masks there were written with other parameters (scales differ); use a new --out or --overwrite"
-            in res.output)
+    assert ("masks there were written with other parameters (--scales differ); use a new --out or --overwrite"
+            in res.output)  # the option's name, not the parameter's
 
 
 def test_multi_scale_and_flip_average(trained):
@@ -143,7 +154,10 @@ def test_bad_inputs(trained, tmp_path):
     assert res.exit_code == 2 and "give --out DIR (PNG masks) and/or --store STORE.h5" in res.output
     res = segment("--checkpoint", ckpt, "--images", tiny["images"], "--ids", tiny["list"], "--out", tmp_path / "o",
                   "--gt", tmp_path, "--scales", "1")
-    assert res.exit_code == 2 and f"{tiny['ids'][0]}: no ground truth {tiny['ids'][0]}.png in {tmp_path}" in res.output
+    assert res.exit_code == 2 and res.output == (
+        f"orand-addon: error: --ids {tiny['list']}: {len(tiny['ids'])} of its {len(tiny['ids'])} ids have no ground "
+        f"truth in {tmp_path} (e.g. {', '.join(tiny['ids'][:3])}); pass a list file of the ids you have (one id per "
+        f"line), or leave --ids out to segment every image with ground truth\n")
     res = segment("--checkpoint", ckpt, "--images", tiny["images"], "--ids", tiny["list"], "--out", tmp_path / "o",
                   "--scales", "1,x")
     assert res.exit_code == 2 and "'1,x' is not a comma-separated list of numbers" in res.output
@@ -176,9 +190,9 @@ def test_masks_of_a_retrained_checkpoint_are_not_mixed_with_the_old_ones(trained
     res = segment(*args)
     assert res.exit_code == 2
     assert res.output == (f"orand-addon: error: {tmp_path / 'png'}: masks there were written with other parameters "
-                          f"(checkpoint_sha256 differ); use a new --out or --overwrite\n")
+                          f"(--checkpoint content differ); use a new --out or --overwrite\n")
     res = segment(*args[:6], *args[8:])  # the store alone
-    assert res.exit_code == 2 and "/seg was written by" in res.output and "(checkpoint_sha256 differ)" in res.output
+    assert res.exit_code == 2 and "/seg was written by" in res.output and "(--checkpoint content differ)" in res.output
     res = segment(*args, "--overwrite")
     assert res.exit_code == 0 and f"segmented {len(tiny['ids'])} images (0 already done)" in res.output, res.output
 

@@ -172,7 +172,7 @@ def test_resume_after_ctrl_c_continues_exactly(tiny, tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, [str(a) for a in args])
     assert res.exit_code == 2 and "already holds a training run (last.pt); pass --resume" in res.output
     res = CliRunner().invoke(cli, [str(a) for a in args] + ["--epochs", "5", "--resume"])
-    assert res.exit_code == 2 and "was trained with other settings (epochs differ)" in res.output
+    assert res.exit_code == 2 and "was trained with other settings (--epochs differ)" in res.output
     res = CliRunner().invoke(cli, [str(a) for a in args] + ["--resume"])
     assert res.exit_code == 0, res.output
     a = torch.load(straight / "model.pt", weights_only=True)["model"]

@@ -124,3 +124,23 @@ def test_poly_lr_per_group():
     assert set_poly_lr(opt, 0, 10, 0.9) == pytest.approx(0.01)
     set_poly_lr(opt, 5, 10, 0.9)
     assert opt.param_groups[1]["lr"] == pytest.approx(10 * 0.01 * 0.5 ** 0.9)
+
+
+def test_the_cost_line_stands_on_its_own_line_above_the_progress_bar(capsys):
+    """With a progress bar on stderr the cost line is not glued to the bar: the bar steps aside and is drawn again.
+    A run whose steps are all timed before the line would come says nothing (no '0 steps left')."""
+    import sys
+
+    net, optimizer = net_and_optimizer()
+    with TrainingLoop(5, 0, DistInfo(), CPU, "train", show_progress=True,
+                      echo=lambda line: print(line, file=sys.stderr), unit="iteration") as loop:
+        for _ in range(3):
+            step(net, optimizer, loop)
+    err = capsys.readouterr().err
+    line = next(x for x in err.replace("\r", "\n").splitlines() if "left at" in x)
+    assert line.startswith("train: 3 iterations left at "), err
+    lines = []
+    with TrainingLoop(2, 0, DistInfo(), CPU, "train", show_progress=False, echo=lines.append) as loop:
+        for _ in range(2):
+            step(net, optimizer, loop)
+    assert lines == []

@@ -47,6 +47,18 @@ class CliError(click.ClickException):
 class OrandGroup(click.Group):
     """Lazy command loading + turning user errors into one line."""
 
+    def spelled(self, ctx: click.Context, message: str) -> str:
+        """``message`` naming the options of the command that failed instead of its parameter names
+        (:mod:`.spelling`)."""
+        from .spelling import command_names, option_spelling
+
+        name = ctx.invoked_subcommand
+        if name not in COMMANDS or " differ)" not in message:
+            return message
+        command = self.get_command(ctx, name)
+        module = importlib.import_module(f"{__name__}.{COMMANDS[name].split(':')[0]}")
+        return option_spelling(message, command_names(command, getattr(module, "PARAMETER_OPTIONS", None)))
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
 
@@ -61,7 +73,7 @@ class OrandGroup(click.Group):
         try:
             return super().invoke(ctx)
         except OrandError as exc:
-            raise CliError(str(exc), exc.exit_code) from None
+            raise CliError(self.spelled(ctx, str(exc)), exc.exit_code) from None
         except KeyboardInterrupt:
             raise CliError("interrupted; work written so far is kept", 130) from None
         except OSError as exc:
@@ -181,7 +193,7 @@ def cli() -> None:
     Typical run:
       orand-addon fuse --cams-a amn_cams/ --cams-b mct_cams/ --out fused.h5
       orand-addon train --store fused.h5 --out runs/orandnet
-      orand-addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt
+      orand-addon predict --store fused.h5 --checkpoint runs/orandnet/model.pt
       orand-addon refine --store fused.h5 --kind orandnet --images VOC2012/JPEGImages
       orand-addon evaluate --pred fused.h5:masks --gt VOC2012/SegmentationClassAug
     """

@@ -9,7 +9,9 @@ import click
 
 from ..registries import PRECISION_AWARE_RULES, SCORED_CLASSES, UNDEFINED_SCORES, help_text
 from . import recipe_option
+from .checks import check_evaluate, read_list
 from .common import FORMAT_CHOICES, class_options, echo_lines, progress_option, workers_option
+from .problems import Problems
 
 
 def from_defaults(ctx: click.Context, name: str) -> bool:
@@ -32,7 +34,8 @@ def _has_npy(pred: str) -> bool:
               help="Only these ids: a list file or train/train_aug/val for the bundled VOC lists "
                    "(default: every prediction).")
 @click.option("--bg-thres", type=click.FloatRange(min=0, min_open=False), default=None, metavar="T",
-              help="Constant background threshold turning maps into masks [default: 0.15; 0.25 for kind rw].")
+              help="Constant background score turning maps into masks (a pixel whose highest class map is below "
+                   "it is background) [default: 0.15; 0.25 for kind rw]. Not refine's --seed-bg-thres.")
 @click.option("--sweep", default=None, metavar="A:B:S",
               help="Score every threshold A, A+S, ..., B in one pass; report the best-mIoU and the "
                    "precision-aware threshold (e.g. 0.05:0.60:0.01).")
@@ -93,7 +96,7 @@ def evaluate(**kw) -> None:
     \b
       orand-addon evaluate --pred fused.h5:orandnet --gt VOC2012/SegmentationClassAug --ids train --recipe official
     """
-    from ..classes import get_class_set, load_labels, read_id_list
+    from ..classes import get_class_set, load_labels
     from ..evaluation.stage import evaluate as run_evaluate
     from ..evaluation.predictions import PredSpec
     from ..evaluation.results import gate, result_dict, table_lines, write_csv, write_json
@@ -101,19 +104,16 @@ def evaluate(**kw) -> None:
     default_thres = None
     if kw["bg_thres"] is not None and from_defaults(click.get_current_context(), "bg_thres"):
         default_thres, kw["bg_thres"] = kw["bg_thres"], None  # a recipe's or --config's: for maps, if no --sweep
-    if kw["bg_thres"] is not None and kw["sweep"] is not None:
-        raise click.UsageError("give either --bg-thres or --sweep, not both")
-    if kw["report"]:
-        from ..evaluation.report import require_matplotlib
-
-        require_matplotlib()
-    if kw["images"] and not Path(kw["images"]).is_dir():
-        raise click.BadParameter(f"{kw['images']}: image folder not found", param_hint="--images")
-    class_set = get_class_set(kw["class_spec"])
-    labels = load_labels(kw["labels"], class_set) if kw["labels"] else None
-    if labels is None and class_set.name == "voc" and kw["cam_format"] == "auto" and _has_npy(kw["pred"]):
+    problems = Problems()
+    class_set = problems.run(get_class_set, kw["class_spec"])
+    labels = problems.run(load_labels, kw["labels"], class_set) if kw["labels"] and class_set else None
+    if labels is None and class_set is not None and class_set.name == "voc" and kw["cam_format"] == "auto" \
+            and _has_npy(kw["pred"]):
         labels = load_labels(None, class_set)  # the bundled labels tell mctformer from crf-dict dumps
-    ids = read_id_list(kw["ids"]) if kw["ids"] else None
+    ids = read_list(problems, "--ids", kw["ids"])
+    check_evaluate(problems, kw["pred"], kw["gt"], kw["bg_thres"], kw["sweep"], kw["images"],
+                   kw["report"], kw["baseline"], kw["tolerance"])
+    problems.raise_if_any()
     result = run_evaluate(
         kw["pred"], kw["gt"], ids, bg_thres=kw["bg_thres"], sweep=kw["sweep"], classes=class_set,
         format=kw["cam_format"], labels=labels, unsure=kw["unsure"], resize_pred=kw["resize_pred"],

@@ -6,24 +6,28 @@ import click
 
 from ..registries import FUSED_KINDS, help_text
 from . import recipe_option
+from .checks import check_fuse, read_list
 from .common import FORMAT_CHOICES, class_options, command_line, echo_lines, progress_option, workers_option
+from .problems import Problems
 
 SOURCE_LETTERS = "abcd"
+# parameter names of the store's records -> the options that set them ("... differ" messages name the options)
+PARAMETER_OPTIONS = {"normalize": "--fusion-norm", "formats": "--format-a/-b/...", "shifts": "--shift-a/-b/...",
+                     "class_set": "--classes", "sources": "--cams-a/-b/... (their files)"}
 
 
 def _source_options(f):
+    """--cams-X, --format-X and --shift-X for sources a, b, c (shown) and d (hidden: a fourth source)."""
     for letter in reversed(SOURCE_LETTERS):
-        required = letter in "ab"
-        f = click.option(f"--shift-{letter}", type=float, default=0.0, show_default=letter == "a",
-                         help=f"Constant added to source {letter.upper()} before fusing "
-                              f"(official ResNet+ViT variant: --shift-b 0.15)." if letter == "b" else None,
-                         hidden=letter != "b")(f)
-        f = click.option(f"--format-{letter}", type=click.Choice(FORMAT_CHOICES), default="auto",
-                         show_default=letter == "a", help=f"Format of source {letter.upper()} (auto decides only "
-                         f"when unambiguous)." if letter == "a" else None, hidden=letter not in "ab")(f)
-        f = click.option(f"--cams-{letter}", type=str, required=required,
-                         help=f"CAM folder of method {letter.upper()} (or STORE.h5:KIND)." if letter in "abc" else None,
-                         hidden=letter == "d")(f)
+        name, last = letter.upper(), letter == SOURCE_LETTERS[-1]
+        f = click.option(f"--shift-{letter}", type=float, default=0.0, show_default=True, hidden=last,
+                         help=f"Constant added to source {name} before fusing"
+                              + (" (official ResNet+ViT variant: --shift-b 0.15)." if letter == "b" else "."))(f)
+        f = click.option(f"--format-{letter}", type=click.Choice(FORMAT_CHOICES), default="auto", hidden=last,
+                         show_default=True, help=f"Format of source {name} (auto decides only when unambiguous).")(f)
+        f = click.option(f"--cams-{letter}", type=str, required=letter in "ab", hidden=last,
+                         help=f"CAM folder of method {name} (or STORE.h5:KIND)"
+                              + ("; also --cams-d, --format-d, --shift-d for a fourth." if letter == "c" else "."))(f)
     return f
 
 
@@ -45,7 +49,7 @@ def _source_options(f):
               help="Also store the aligned source maps as kinds a, b, ...")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--compression", type=click.Choice(["none", "lzf", "gzip"]), default="none", show_default=True,
-              help="HDF5 compression of the maps: lzf/gzip make the store ~35-50%% smaller but fusing slower.")
+              help="HDF5 compression of the maps: lzf/gzip make the store ~35-50% smaller but fusing slower.")
 @click.option("--value-policy", type=click.Choice(["fix", "error"]), default="fix", show_default=True,
               help="fix: NaN/Inf -> 0, negatives -> 0, maps above 1 divided by their max (all reported); "
                    "error: stop at the first such file.")
@@ -71,7 +75,7 @@ def fuse(**kw) -> None:
       torchrun --nproc-per-node 4 -m orand_addon fuse --cams-a amn/ --cams-b mct/ --out fused.h5
       orand-addon merge --from-shards fused.h5
     """
-    from ..classes import get_class_set, load_labels, read_id_list
+    from ..classes import get_class_set, load_labels
     from ..runtime.distributed import dist_info
     from ..store.shards import shard_path
     from ..fuse.stage import MAP_KINDS, FuseOptions, run_fuse
@@ -84,8 +88,17 @@ def fuse(**kw) -> None:
     if bad or not kinds:
         raise click.BadParameter(f"{','.join(bad) or 'nothing'}; valid: {', '.join(MAP_KINDS)}", param_hint="--kinds")
     dist = dist_info()
-    class_set = get_class_set(kw["class_spec"])
-    labels = load_labels(kw["labels"], class_set) if kw["labels"] or class_set.name == "voc" else None
+    problems = Problems()
+    class_set = problems.run(get_class_set, kw["class_spec"])
+    labels = None
+    if class_set is not None and (kw["labels"] or class_set.name == "voc"):
+        labels = problems.run(load_labels, kw["labels"], class_set)
+    ids = read_list(problems, "--ids", kw["ids"])
+    sources = [kw[f"cams_{x}"] for x in letters]
+    if not problems:
+        check_fuse(problems, sources, [kw[f"format_{x}"] for x in letters], labels, ids, kw["on_missing"],
+                   kw["images"])
+    problems.raise_if_any()
     options = FuseOptions(
         formats=tuple(kw[f"format_{x}"] for x in letters),
         normalize=kw["fusion_norm"] == "max",
@@ -97,8 +110,7 @@ def fuse(**kw) -> None:
         on_missing=kw["on_missing"],
     )
     report = run_fuse(
-        [kw[f"cams_{x}"] for x in letters], kw["out"], class_set, labels, options,
-        ids=read_id_list(kw["ids"]) if kw["ids"] else None, images=kw["images"], workers=kw["workers"],
+        sources, kw["out"], class_set, labels, options, ids=ids, images=kw["images"], workers=kw["workers"],
         compression=kw["compression"], command=command_line(), overwrite=kw["overwrite"], progress=kw["progress"],
         dist=dist,
     )

@@ -6,6 +6,8 @@ import click
 
 from ..registries import MAP_NORMS, help_text
 from . import recipe_option
+from .checks import check_predict, read_list
+from .problems import Problems
 from .common import command_line, device_option, dtype_option, overwrite_option, precision_option, progress_option
 
 
@@ -13,7 +15,8 @@ from .common import command_line, device_option, dtype_option, overwrite_option,
 @click.option("--store", "store_path", type=click.Path(dir_okay=False), required=True,
               help="HDF5 store with kind or; kind orandnet is added to it.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True,
-              help="RUN_DIR/last.pt written by 'orand-addon train', or the official EncDec state dict (encdec*.pth).")
+              help="RUN_DIR/model.pt written by 'orand-addon train' (or the last.pt of an unfinished run), or the "
+                   "official EncDec state dict (encdec*.pth).")
 @click.option("--batch-size", type=click.IntRange(0, 4096), default=0, show_default=True,
               help="Class maps per forward pass (images of one size are batched together); 0: 16 on a GPU, 4 on CPU.")
 @click.option("--ids", type=click.Path(), default=None, help="Only these ids: a list file or train/train_aug/val.")
@@ -34,23 +37,26 @@ def predict(store_path: str, checkpoint: str, ids: str | None, **kw) -> None:
 
     \b
     Examples:
-      orand-addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt
-      orand-addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt --batch-size 32 --device cuda:1
+      orand-addon predict --store fused.h5 --checkpoint runs/orandnet/model.pt
+      orand-addon predict --store fused.h5 --checkpoint runs/orandnet/model.pt --batch-size 32 --device cuda:1
       orand-addon predict --store fused.h5 --checkpoint encdec.pth --recipe official   # the released weights
       orand-addon export --store fused.h5 --kind orandnet --to irn --out orandnet_cams/
 
     \b
     Several GPUs or machines (torchrun; each rank writes its shard fused.rankR-of-N.h5, then merge):
-      torchrun --nproc-per-node 4 -m orand_addon predict --store fused.h5 --checkpoint runs/orandnet/last.pt
+      torchrun --nproc-per-node 4 -m orand_addon predict --store fused.h5 --checkpoint runs/orandnet/model.pt
       orand-addon merge --from-shards fused.h5
     """
-    from ..classes import read_id_list
     from ..runtime.distributed import dist_info
     from ..store.shards import shard_path
     from ..orandnet.predict import PredictConfig, predict_orandnet
 
     dist = dist_info()
-    config = PredictConfig(ids=tuple(read_id_list(ids)) if ids else None, **kw)
+    problems = Problems()
+    listed = read_list(problems, "--ids", ids)
+    config = PredictConfig(ids=tuple(listed) if listed else None, **kw)
+    check_predict(problems, store_path, checkpoint, config, ids)
+    problems.raise_if_any()
     n = predict_orandnet(store_path, checkpoint, config, command=command_line(),
                          echo=lambda line: click.echo(line, err=True), dist=dist)
     if not dist.enabled:

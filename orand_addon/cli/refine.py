@@ -8,8 +8,19 @@ import click
 
 from ..registries import IRN_LABEL_SAMPLING, help_text
 from . import recipe_option
+from .checks import check_refine, read_list
 from .common import (command_line, device_option, dtype_option, echo_lines, precision_option, progress_option,
                      seed_option)
+from .problems import Problems
+
+
+# renamed options whose old spelling still works (hidden): old parameter -> new parameter
+ALIASES = {"bg_thres": "seed_bg_thres", "fg_thres": "seed_fg_thres"}
+# parameter names of the store's records -> the options that set them ("... differ" messages name the options)
+PARAMETER_OPTIONS = {"seeds:fg_thres": "--seed-fg-thres", "seeds:bg_thres": "--seed-bg-thres",
+                     "crf": "--crf-iterations", "bg_thres": "--sem-seg-bg-thres", "kind": "--kind",
+                     "kind_parameters": "--kind maps' parameters", "checkpoint_sha256": "--checkpoint content",
+                     "dir": "--seeds-png"}
 
 
 def parse_edge_pad(text: str) -> int | None:
@@ -35,18 +46,22 @@ def parse_edge_pad(text: str) -> int | None:
 def _seed_opts(f):
     f = click.option("--crf-iterations", type=click.IntRange(0, 100), default=10, show_default=True,
                      help="Dense CRF mean-field iterations of each seed pass.")(f)
-    f = click.option("--bg-thres", type=float, default=0.05, show_default=True,
-                     help="Seeds: constant background of the background pass (IRN conf_bg_thres).")(f)
-    f = click.option("--fg-thres", type=float, default=0.30, show_default=True,
-                     help="Seeds: constant background of the foreground pass (IRN conf_fg_thres).")(f)
+    f = click.option("--bg-thres", "bg_thres", type=float, default=None, hidden=True)(f)  # old spelling
+    f = click.option("--fg-thres", "fg_thres", type=float, default=None, hidden=True)(f)  # old spelling
+    f = click.option("--seed-bg-thres", type=float, default=0.05, show_default=True,
+                     help="Seeds: constant background score of the background pass (IRN conf_bg_thres); not the "
+                          "masks' threshold (--sem-seg-bg-thres).")(f)
+    f = click.option("--seed-fg-thres", type=float, default=0.30, show_default=True,
+                     help="Seeds: constant background score of the foreground pass (IRN conf_fg_thres).")(f)
     return f
 
 
 def _train_opts(f):
     for decorator in reversed([
         click.option("--pretrained", default="imagenet", show_default=True,
-                     help="Backbone weights: imagenet (torchvision file in $TORCH_HOME/hub/checkpoints), a file, "
-                          "or none."),
+                     help="IRN's ResNet-50 backbone: imagenet (torchvision's ResNet50_Weights.IMAGENET1K_V1 from "
+                          "$TORCH_HOME/hub/checkpoints, downloaded there when missing), a weights file, or none "
+                          "(needs --backbone trainable)."),
         click.option("--backbone", type=click.Choice(["frozen", "trainable"]), default="frozen", show_default=True,
                      help="frozen: IRN's fixed ImageNet backbone; trainable: train it too (no ImageNet weights)."),
         click.option("--crop-size", type=click.IntRange(16, 4096), default=512, show_default=True),
@@ -85,7 +100,8 @@ def _walk_opts(f):
         click.option("--radius", type=click.IntRange(1, 20), default=5, show_default=True,
                      help="Neighbourhood radius of the walk (stride-4 pixels)."),
         click.option("--sem-seg-bg-thres", type=float, default=0.25, show_default=True,
-                     help="Constant background score of the masks."),
+                     help="Masks: constant background score against the random-walk maps (IRN sem_seg_bg_thres; "
+                          "what evaluate calls --bg-thres)."),
         click.option("--cam-power", type=float, default=1.0, show_default=True,
                      help="Raise the stride-4 maps to this power before the walk (AMN: 1.3)."),
         click.option("--edge-pad", default="auto", show_default=True,
@@ -135,7 +151,10 @@ def refine(**kw) -> None:
       orand-addon refine --store syn.h5 --kind or --images syn/images --pretrained none --backbone trainable \\
           --crop-size 128 --batch-size 8
 
-    Every step resumes: a rerun of the same command skips the seeds and masks already written and continues
+    The train step needs ImageNet ResNet-50 weights (--pretrained imagenet: torchvision's resnet50-0676ba61.pth,
+    downloaded into $TORCH_HOME/hub/checkpoints when missing) unless --pretrained none --backbone trainable.
+    Every option, input and the weights are checked before the first step starts; all problems are reported at
+    once. Every step resumes: a rerun of the same command skips the seeds and masks already written and continues
     the training from RUN_DIR/irn_last.pt.
 
     \b
@@ -146,14 +165,21 @@ def refine(**kw) -> None:
       orand-addon merge --from-shards fused.h5
     Training is DDP (--batch-size stays the global batch); seeds and walk write one shard per rank.
     """
-    from ..classes import get_class_set, read_id_list
+    from ..classes import get_class_set
     from ..runtime.distributed import dist_info
     from ..refine.pipeline import RefineConfig, refine as run_refine
     from ..refine.seeds import CrfParams, SeedOptions
     from ..refine.train import TrainOptions
     from ..refine.walk_stage import WalkOptions
 
-    seed_options = SeedOptions(kw["fg_thres"], kw["bg_thres"], CrfParams(iterations=kw["crf_iterations"]))
+    for old, new in ALIASES.items():
+        value = kw.pop(old)
+        if value is not None:
+            kw[new] = value
+    problems = Problems()
+    listed = read_list(problems, "--ids", kw["ids"])
+    class_set = problems.run(get_class_set, kw["class_spec"]) if kw["class_spec"] else None
+    seed_options = SeedOptions(kw["seed_fg_thres"], kw["seed_bg_thres"], CrfParams(iterations=kw["crf_iterations"]))
     train_options = TrainOptions(
         crop_size=kw["crop_size"], batch_size=kw["batch_size"], epochs=kw["epochs"], lr=kw["lr"], dp_lr=kw["dp_lr"],
         backbone_lr=kw["backbone_lr"], weight_decay=kw["weight_decay"], momentum=kw["momentum"],
@@ -164,10 +190,13 @@ def refine(**kw) -> None:
                                edge_pad=parse_edge_pad(kw["edge_pad"]))
     config = RefineConfig(
         steps=kw["steps"], run_dir=kw["run_dir"], seeds_png=kw["seeds_png"],
-        ids=tuple(read_id_list(kw["ids"])) if kw["ids"] else None, seed_options=seed_options,
+        ids=tuple(listed) if listed else None, seed_options=seed_options,
         train_options=train_options, walk_options=walk_options, checkpoint=kw["checkpoint"], workers=kw["workers"],
         device=kw["device"], precision=kw["precision"], resume=kw["resume"], checkpoint_every=kw["checkpoint_every"],
         overwrite=kw["overwrite"], progress=kw["progress"],
-        class_names=tuple(get_class_set(kw["class_spec"]).names) if kw["class_spec"] else None)
-    report = run_refine(kw["store"], kw["kind"], kw["images"], config, command=command_line(), dist=dist_info())
+        class_names=tuple(class_set.names) if class_set is not None else None)
+    dist = dist_info()
+    check_refine(problems, kw["store"], kw["kind"], kw["images"], config, dist, kw["ids"])
+    problems.raise_if_any()
+    report = run_refine(kw["store"], kw["kind"], kw["images"], config, command=command_line(), dist=dist)
     echo_lines(report.lines())

@@ -11,8 +11,14 @@ import click
 from ..registries import SCALE_SCHEDULES, SEG_LOSSES, SEG_MODELS, help_text
 from ..runtime.distributed import DistInfo
 from . import recipe_option
+from .checks_seg import resolve_segment_ids, resolve_train_seg
 from .common import (command_line, device_option, echo_lines, precision_option, progress_option, seed_option,
                      workers_option)
+from .problems import Problems
+
+# parameter names of the run records -> the options that set them ("... differ" messages name the options)
+PARAMETER_OPTIONS = {"train_ids": "--train-list (its ids)", "class_names": "--classes (the masks' classes)",
+                     "checkpoint_sha256": "--checkpoint content"}
 
 MAX_SCALE = 8.0  # segment --scales: 8 x a VOC image is already 4000 x 3000 pixels
 
@@ -46,10 +52,14 @@ def parse_floats(text: str, option: str, count: int | None = None, maximum: floa
 @click.option("--images", type=click.Path(file_okay=False), required=True, help="Image folder (<id>.jpg/.png).")
 @click.option("--masks", required=True,
               help="Pseudo-masks: STORE.h5 (group masks), STORE.h5:GROUP, or a folder of label PNGs (<id>.png).")
-@click.option("--train-list", required=True,
-              help="Training ids: a list file, or train/train_aug for the bundled lists.")
-@click.option("--val-list", default=None, help="Validation ids for a per-epoch mIoU (needs --gt).")
-@click.option("--gt", type=click.Path(file_okay=False), default=None, help="Ground-truth label PNGs for --val-list.")
+@click.option("--train-list", default=None,
+              help="Training ids: a list file (one id per line), or train/train_aug for the bundled VOC lists. "
+                   "Default: every id with an image and a mask.")
+@click.option("--val-list", default=None,
+              help="Validation ids for a per-epoch mIoU (needs --gt). Default with --gt: every id with an image and "
+                   "ground truth that is not a training id (VOC: val).")
+@click.option("--gt", type=click.Path(file_okay=False), default=None,
+              help="Ground-truth label PNGs: validate every epoch.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder (checkpoints, logs).")
 @click.option("--model", default="deeplabv2-resnet101", show_default=True, help=f"One of: {', '.join(SEG_MODELS)}.")
 @click.option("--scale-schedule", default="8:2,4:2,2:2", show_default=True,
@@ -71,7 +81,8 @@ def parse_floats(text: str, option: str, count: int | None = None, maximum: floa
 @click.option("--loss", default="ce", show_default=True, help=help_text(SEG_LOSSES) + ".")
 @click.option("--smoothing", type=float, default=0.1, show_default=True, help="Label smoothing of balanced-ls-ce.")
 @click.option("--pretrained", default="imagenet", show_default=True,
-              help="Backbone weights: imagenet (offline torch hub cache; deeplabv1-resnet38: PSA/SEAM's "
+              help="Backbone weights: imagenet (torchvision's ResNet*_Weights.IMAGENET1K_V1 from "
+                   "$TORCH_HOME/hub/checkpoints, downloaded there when missing; deeplabv1-resnet38: PSA/SEAM's "
                    "ilsvrc-cls_rna-a1_cls1000_ep-0001.params or a PSA-key .pth there), a file, or none (from scratch).")
 @click.option("--bn", type=click.Choice(["auto", "frozen", "train"]), default="auto", show_default=True,
               help="Backbone batch norm; auto: frozen with pretrained weights, trained from scratch.")
@@ -89,6 +100,8 @@ def train_seg(**kw) -> None:
 
     \b
     Examples:
+      orand-addon train-seg --images VOC2012/JPEGImages --masks fused.h5 --gt VOC2012/SegmentationClassAug \\
+          --out runs/deeplab
       orand-addon train-seg --images VOC2012/JPEGImages --masks fused.h5 --train-list train_aug \\
           --val-list val --gt VOC2012/SegmentationClassAug --out runs/deeplab
       orand-addon train-seg ... --out runs/deeplab --resume            # after Ctrl-C
@@ -96,7 +109,10 @@ def train_seg(**kw) -> None:
       orand-addon train-seg ... --scale-schedule none --model deeplabv3-resnet101
       orand-addon train-seg ... --recipe paper     # DeepLab-v1 LargeFOV on ResNet-38, balanced-ls-ce, schedule
 
-    Every input is checked before training starts. Ctrl-C saves RUN_DIR/last.pt; --resume continues exactly.
+    Without --train-list it trains on every id that has an image and a mask; a list must name ids that have
+    both. Every option and input is checked before training starts (all problems at once). The cost of the run is
+    printed after its first steps; Ctrl-C stops within seconds and saves RUN_DIR/last.pt (the last finished
+    step); --resume continues exactly.
 
     \b
     Several GPUs or machines (DDP; --batch-size is the global batch, split over the processes; rank 0 writes
@@ -110,6 +126,12 @@ def train_seg(**kw) -> None:
     config = SegTrainConfig(**{k: v for k, v in kw.items() if k in names and k != "scale_range"},
                             classes=kw["class_spec"], show_progress=kw["progress"],
                             scale_range=parse_floats(kw["scale_range"], "--scale-range", 2))
+    problems = Problems()
+    config, notes = resolve_train_seg(problems, config, kw["train_list"], kw["val_list"])
+    problems.raise_if_any()
+    if dist_info().is_main:
+        for note in notes:
+            click.echo(f"note: {note}", err=True)
     path = train_segmentation(config)
     if dist_info().is_main:
         click.echo(f"wrote {path}")
@@ -118,7 +140,9 @@ def train_seg(**kw) -> None:
 @click.command(name="segment", context_settings={"max_content_width": 110})
 @click.option("--checkpoint", type=click.Path(dir_okay=False), required=True, help="RUN_DIR/model.pt (or last.pt).")
 @click.option("--images", type=click.Path(file_okay=False), required=True, help="Image folder (<id>.jpg/.png).")
-@click.option("--ids", required=True, help="Ids to segment: a list file, or val/test/train for the bundled lists.")
+@click.option("--ids", default=None,
+              help="Ids to segment: a list file (one id per line), or val/test/train for the bundled VOC lists. "
+                   "Default: every image with ground truth (--gt), else every image.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for VOC palette PNG masks.")
 @click.option("--store", default=None, help="Also (or instead) write masks to STORE.h5 group seg (STORE.h5:GROUP).")
 @click.option("--scales", default="0.5,0.75,1.0,1.25,1.5", show_default=True,
@@ -150,27 +174,28 @@ def segment(**kw) -> None:
           --images VOC2012/JPEGImages --ids val --out runs/deeplab/val --store seg.h5 --gt VOC2012/SegmentationClassAug
       orand-addon merge --from-shards seg.h5
     """
-    from ..classes import read_id_list
     from ..runtime.distributed import dist_info
     from ..segment.stage import SegmentConfig, segment_images
 
     store, group = kw["store"], "seg"
     if store and ":" in store.rsplit("/", 1)[-1]:
         store, group = store.rsplit(":", 1)
+    problems = Problems()
+    ids = resolve_segment_ids(problems, kw["checkpoint"], kw["images"], kw["ids"], kw["gt"], kw["out"], store)
+    problems.raise_if_any()
     dist = dist_info()
     scales = parse_floats(kw["scales"], "--scales", maximum=MAX_SCALE)
     config = SegmentConfig(out=kw["out"], store=store, group=group, scales=scales,
                            flip=kw["flip"], crf=kw["crf"], gt=kw["gt"], device=kw["device"],
                            precision=kw["precision"], overwrite=kw["overwrite"], show_progress=kw["progress"])
-    result = segment_images(kw["checkpoint"], kw["images"], read_id_list(kw["ids"]), config, command=command_line(),
-                            dist=dist)
-    echo_lines(summary_lines(result, dist, store))
+    result = segment_images(kw["checkpoint"], kw["images"], ids, config, command=command_line(), dist=dist)
+    echo_lines(summary_lines(result, dist, store, kw["gt"]))
     if kw["json_path"] and dist.is_main:
         with open(kw["json_path"], "w") as fh:
             json.dump(result, fh, indent=1)
 
 
-def summary_lines(result: dict, dist: DistInfo, store: str | None) -> list[str]:
+def summary_lines(result: dict, dist: DistInfo, store: str | None, gt: str | None = None) -> list[str]:
     """What ``segment`` prints: the images done (per rank under torchrun, with the merge to run for a store) and,
     on rank 0, the scores of all ids."""
     where = "".join(f" -> {result[k]}" for k in ("out", "store") if result[k])
@@ -181,6 +206,21 @@ def summary_lines(result: dict, dist: DistInfo, store: str | None) -> list[str]:
         lines = [f"rank {dist.rank} of {dist.world_size}: {done}"
                  + (f"; when every rank is done: orand-addon merge --from-shards {store}" if store else "")]
     if "miou" in result and dist.is_main:
-        lines.append(f"mIoU {100 * result['miou']:.2f}" + (" (all ranks)" if dist.enabled else ""))
-        lines += [f"  {name:<14} {'-' if v is None else f'{100 * v:.2f}'}" for name, v in result["iou"].items()]
+        lines.append(f"mIoU {100 * result['miou']:.2f}, precision {100 * result['mean_precision']:.2f}, recall "
+                     f"{100 * result['mean_recall']:.2f}" + (" (all ranks)" if dist.enabled else ""))
+        lines += score_table(result, gt)
     return lines
+
+
+def score_table(result: dict, gt: str | None) -> list[str]:
+    """The per-class table of ``evaluate`` (IoU, precision, recall, FP/union, FN/union, GT pixels) from the
+    confusion matrix that ``segment`` counted."""
+    import numpy as np
+
+    from ..evaluation.results import table_lines
+    from ..evaluation.stage import EvalResult
+
+    conf = np.asarray(result["confusion"], np.int64)
+    scored = EvalResult(pred=result["out"] or result["store"] or "segment", gt=str(gt), class_names=list(result["iou"]),
+                        ids=[""] * result["scored"], mode="masks", conf=conf[None], unsure=np.zeros((1, len(conf))))
+    return table_lines(scored)[1:]

@@ -6,6 +6,8 @@ import click
 
 from ..registries import ORANDNET_ARCHS, ORANDNET_CROPS, ORANDNET_LOSSES, ORANDNET_LR_SCHEDULES, help_text
 from . import recipe_option
+from .checks import check_train, read_list
+from .problems import Problems
 from .common import device_option, precision_option, progress_option, seed_option, workers_option
 
 
@@ -14,15 +16,17 @@ from .common import device_option, precision_option, progress_option, seed_optio
 @click.option("--store", "store_path", type=click.Path(dir_okay=False), required=True,
               help="HDF5 store with kinds or and and (from 'orand-addon fuse'). Only read.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Run folder: last.pt (checkpoint) and train_log.json (settings and losses).")
+              help="Run folder: last.pt while training (resumable: weights + optimizer state), model.pt at the end "
+                   "(weights only, for predict), train_log.json (settings and losses).")
 @click.option("--iterations", type=int, default=5000, show_default=True,
               help="SGD steps, each on ranks x --accumulate images (one image with one process).")
 @click.option("--accumulate", type=int, default=1, show_default=True,
               help="Images per process per step, gradients averaged (one process with --accumulate N takes the "
                    "steps of torchrun --nproc-per-node N).")
 @click.option("--pretrained", default="imagenet", show_default=True,
-              help="imagenet (torchvision's vgg16-397923af.pth from $TORCH_HOME/hub/checkpoints, offline), a "
-                   "weights file (VGG16, ORANDNet or the official EncDec encdec*.pth), or none.")
+              help="imagenet (torchvision's VGG16_Weights.IMAGENET1K_V1, vgg16-397923af.pth, from "
+                   "$TORCH_HOME/hub/checkpoints; downloaded there when missing), a weights file (VGG16, ORANDNet or "
+                   "the official EncDec encdec*.pth), or none.")
 @click.option("--loss", type=click.Choice(list(ORANDNET_LOSSES)), default="official", show_default=True,
               help=help_text(ORANDNET_LOSSES) + ".")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Base learning rate (poly decay).")
@@ -34,7 +38,7 @@ from .common import device_option, precision_option, progress_option, seed_optio
 @click.option("--lr-schedule", type=click.Choice(list(ORANDNET_LR_SCHEDULES)), default="poly", show_default=True,
               help=help_text(ORANDNET_LR_SCHEDULES) + ".")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True,
-              help="Save RUN_DIR/last.pt every N iterations (also at the end and on Ctrl-C).")
+              help="Save RUN_DIR/last.pt every N iterations (also on Ctrl-C).")
 @click.option("--resume", is_flag=True, help="Continue RUN_DIR/last.pt exactly (same options required).")
 @click.option("--ids", type=click.Path(), default=None,
               help="Train only on these ids: a list file or train/train_aug/val (bundled VOC lists).")
@@ -54,8 +58,10 @@ from .common import device_option, precision_option, progress_option, seed_optio
 def train(store_path: str, out_dir: str, ids: str | None, resume: bool, **kw) -> None:
     """Train ORANDNet: the VGG16 FCN-8s that maps each class's OR map to its AND map.
 
-    One step is one image with all its classes, at full resolution, as the paper; SGD with poly decay. Ctrl-C saves
-    a checkpoint; the same command with --resume continues exactly where it stopped.
+    One step is one image with all its classes, at full resolution, as the paper; SGD with poly decay. The cost of
+    the run is printed after its first steps. Ctrl-C stops within seconds and saves RUN_DIR/last.pt (the last
+    finished iteration); the same command with --resume continues exactly where it stopped. At the end
+    RUN_DIR/model.pt (weights only) replaces last.pt.
 
     \b
     Examples:
@@ -69,11 +75,14 @@ def train(store_path: str, out_dir: str, ids: str | None, resume: bool, **kw) ->
     Several GPUs or machines (DDP; global batch = processes x --accumulate images; rank 0 writes RUN_DIR):
       torchrun --nproc-per-node 4 -m orand_addon train --store fused.h5 --out runs/ddp --iterations 1250
     """
-    from ..classes import read_id_list
     from ..runtime.distributed import dist_info
     from ..orandnet.train import TrainConfig, train_orandnet
 
-    config = TrainConfig(ids=tuple(read_id_list(ids)) if ids else None, **kw)
+    problems = Problems()
+    listed = read_list(problems, "--ids", ids)
+    config = TrainConfig(ids=tuple(listed) if listed else None, **kw)
+    check_train(problems, store_path, out_dir, config, resume, ids)
+    problems.raise_if_any()
     ckpt = train_orandnet(store_path, out_dir, config, resume=resume, echo=lambda line: click.echo(line, err=True))
     if dist_info().is_main:
         click.echo(f"wrote {ckpt}")

@@ -72,6 +72,7 @@ class DemoRun:
     timings: dict[str, float] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     seg_rows: list[dict] = field(default_factory=list)
+    evaluations: dict = field(default_factory=dict)  # kind -> EvalResult of the evaluate stage (for the report)
 
     @property
     def store(self) -> Path:
@@ -88,16 +89,14 @@ class DemoRun:
 
 def _orandnet_stage(run: DemoRun, plan: DemoPlan, info) -> None:
     from ..orandnet import PredictConfig, TrainConfig, predict_orandnet, train_orandnet
-    from ..runtime.files import load_checkpoint
 
     run_dir = run.out / "runs" / "orandnet"
     config = TrainConfig(iterations=plan.orandnet_iterations, lr=1e-2, momentum=0.9, weight_decay=5e-4,
                          loss="official", pretrained="none",
                          arch="fcn8s-same", width_div=plan.orandnet_width_div, seed=run.seed, device=run.device,
                          checkpoint_every=max(100, plan.orandnet_iterations // 5), progress=run.progress)
-    last = run_dir / "last.pt"
-    done = last.is_file() and load_checkpoint(last).get("iteration") == plan.orandnet_iterations
-    checkpoint = last if done else train_orandnet(run.store, run_dir, config, resume=last.is_file(), echo=run.echo)
+    resume = (run_dir / "last.pt").is_file() or (run_dir / "model.pt").is_file()  # a finished run returns at once
+    checkpoint = train_orandnet(run.store, run_dir, config, resume=resume, echo=run.echo)
     predict_orandnet(run.store, checkpoint, PredictConfig(device=run.device, progress=run.progress), echo=run.echo)
 
 
@@ -144,20 +143,22 @@ def _evaluate_stage(run: DemoRun, info) -> None:
         row["pa_thres"] = result.precision_aware_threshold
         row["pa"] = _scores(result, pa) if pa is not None else None
         run.rows.append(row)
+        run.evaluations[kind] = result
     masks = evaluate(f"{run.store}:masks", info.masks, ids=list(info.train_ids), classes=str(info.classes_path))
     run.rows.append({"row": "ORANDNet + IRN masks (IRN bg 0.25)", "kind": "masks", "best_thres": None,
                      **_scores(masks, 0), "pa_thres": None, "pa": None})
-    _write_report(run, info)
+    run.evaluations["masks"] = masks
 
 
-def _write_report(run: DemoRun, info) -> None:
-    from ..evaluation.stage import evaluate
-    from ..evaluation.report import write_report
+def _write_report(run: DemoRun, record: dict) -> None:
+    """The report of the whole run (:mod:`.report`): after the evaluate stage, DeepLab's rows when it ran."""
+    from .report import write_demo_report
+    from .synthetic import load_dataset
 
+    runs = [(r["row"], Path(r["val_masks"])) for r in run.seg_rows if "val_masks" in r]
     try:
-        result = evaluate(f"{run.store}:orandnet", info.masks, ids=list(info.train_ids), sweep=SWEEP,
-                          classes=str(info.classes_path))
-        page = write_report(result, run.out / "report", images=info.images)
+        page = write_demo_report(run.out / "report", record, run.evaluations, run.store,
+                                 load_dataset(run.out / "data"), runs)
         run.echo(f"    report: {page}")
     except OrandError as exc:  # matplotlib missing: the table still stands
         run.echo(f"    report skipped: {exc}")
@@ -186,7 +187,8 @@ def _deeplab_stage(run: DemoRun, plan: DemoPlan, info) -> None:
                                               device=run.device, show_progress=run.progress))
         run.seg_rows.append({"row": label, "mIoU": 100 * scores["miou"],
                              "precision": 100 * scores.get("mean_precision", float("nan")),
-                             "recall": 100 * scores.get("mean_recall", float("nan")), "train_s": round(seconds, 1)})
+                             "recall": 100 * scores.get("mean_recall", float("nan")), "train_s": round(seconds, 1),
+                             "val_masks": str(out / "val_masks")})
 
 
 def format_table(run: DemoRun) -> list[str]:
@@ -258,7 +260,68 @@ def run_demo(out: str | Path = "orand_demo", size: str = "default", seed: int = 
         for line in format_table(run):
             echo(line)
     record = {"size": size, "plan": asdict(plan), "seed": seed, "timings_s": run.timings, "rows": run.rows,
-              "deeplab": run.seg_rows}
-    (run.out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    echo(f"wrote {run.out / 'results.json'}")
+              "deeplab": run.seg_rows, "machine": machine(device), "date": time.strftime("%Y-%m-%d %H:%M %z")}
+    path = run.out / "results.json"
+    record = keep_earlier(_read_json(path), record)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    echo(f"wrote {path}")
+    if run.evaluations:
+        _write_report(run, record)
     return run
+
+
+# -- results.json across reruns ----------------------------------------------------------------------------------
+
+RECOMPUTED = ("evaluate",)  # stages a rerun computes again in full; every other stage resumes what is done
+
+
+def machine(device: str = "auto") -> dict:
+    """Where the numbers were measured: CPU, cores, the compute device, torch."""
+    import os
+    import platform
+
+    import torch
+
+    from ..runtime.devices import resolve_device
+
+    dev = resolve_device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    return {"platform": platform.platform(terse=True), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "device": f"{dev.type}: {name}", "torch": torch.__version__}
+
+
+def keep_earlier(previous: dict | None, current: dict) -> dict:
+    """``current`` with the timings of earlier runs into the same folder (same size, seed and machine) kept: a
+    resumed stage adds its time to the earlier one (a finished stage adds ~0 s instead of replacing the time it
+    took with the resume's), a stage computed again in full (:data:`RECOMPUTED`) has this run's time, and stages
+    and rows this run did not reach keep their earlier values.
+
+    >>> old = {"size": "ci", "seed": 0, "machine": {"cores": 2}, "rows": [{"row": "OR"}],
+    ...        "timings_s": {"data": 5.0, "evaluate": 3.0, "deeplab": 90.0},
+    ...        "deeplab": [{"row": "plain", "train_s": 80.0}]}
+    >>> new = {"size": "ci", "seed": 0, "machine": {"cores": 2}, "timings_s": {"data": 0.1, "evaluate": 2.9},
+    ...        "rows": [], "deeplab": []}
+    >>> merged = keep_earlier(old, new)
+    >>> merged["timings_s"], merged["rows"], merged["deeplab"][0]["train_s"]
+    ({'data': 5.1, 'evaluate': 2.9, 'deeplab': 90.0}, [{'row': 'OR'}], 80.0)
+    >>> keep_earlier({**old, "seed": 1}, new)["timings_s"]
+    {'data': 0.1, 'evaluate': 2.9}
+    """
+    same = previous is not None and all(previous.get(k) == current.get(k) for k in ("size", "seed", "machine"))
+    if not same:
+        return current
+    timings = dict(previous.get("timings_s", {}))
+    for stage, seconds in current["timings_s"].items():
+        timings[stage] = seconds if stage in RECOMPUTED else round(timings.get(stage, 0.0) + seconds, 1)
+    earlier_seg = {r["row"]: r for r in previous.get("deeplab", [])}
+    seg = [{**r, "train_s": round(earlier_seg.get(r["row"], {}).get("train_s", 0.0) + r["train_s"], 1)}
+           for r in current["deeplab"]] or previous.get("deeplab", [])
+    return {**current, "timings_s": timings, "rows": current["rows"] or previous.get("rows", []), "deeplab": seg}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

@@ -202,9 +202,21 @@ class TrainingLoop:
             self._bar.update(n)
             if postfix:
                 self._bar.set_postfix(refresh=False, **postfix)
-        if len(self._times) == self.cost_after and self.echo is not None:
-            self.echo(cost_line(self.desc, self.total - self.start - len(self._times), self._times[1:] or self._times,
-                                self.unit, str(self.device), self.resume_hint))
+        left = self.total - self.start - len(self._times)
+        if len(self._times) == self.cost_after and self.echo is not None and left > 0:
+            line = cost_line(self.desc, left, self._times[1:] or self._times, self.unit, str(self.device),
+                             self.resume_hint)
+            self.say(line)
+
+    def say(self, line: str) -> None:
+        """``echo`` a line on a line of its own: the progress bar steps aside and is drawn again below it."""
+        if self._bar is None or self._bar.disable:
+            self.echo(line)
+            return
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=self._bar.fp):
+            self.echo(line)
 
     @staticmethod
     @contextlib.contextmanager

@@ -2,8 +2,9 @@
 
 Writes ``eval_classes.png`` (per-class IoU / precision / recall), ``eval_sweep.png`` (mean IoU / precision /
 recall against the background threshold, with the best-mIoU and precision-aware thresholds marked; sweeps
-only), ``eval_examples.png`` (rows of image | source maps | fused maps | pseudo-mask | ground truth, VOC
-palette) and ``index.html``, one self-contained page with the pictures embedded and the numbers as tables.
+only), ``eval_examples.png`` (rows of image | source maps | fused maps | pseudo-mask | ground truth, with the
+heat maps' colour bar and a legend of the mask classes) and ``index.html``: one self-contained page with the
+charts, the numbers as tables, and the examples as one readable picture per panel (:mod:`.html`).
 
 matplotlib is an optional extra (``pip install 'orand-addon[plot]'``); it is imported only here, and only its
 object API is used (no pyplot state, no backend switching).
@@ -11,8 +12,6 @@ object API is used (no pyplot state, no backend switching).
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +24,7 @@ from ..masks import maps_to_mask
 from ..runtime.files import atomic_write, atomic_write_text
 from .stage import EvalResult
 from .predictions import GroundTruth, Prediction, PredSpec, open_prediction, resize_prediction
+from . import html
 from .results import sweep_lines
 
 MISSING_PLOT = "the report needs matplotlib: pip install 'orand-addon[plot]'"
@@ -69,14 +69,18 @@ def colorize(mask: np.ndarray) -> np.ndarray:
 
 
 def heat(maps: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
-    """RGB picture of (K, H, W) maps: the per-pixel maximum in the 'jet' colour map, over the image if given."""
+    """RGB picture of (K, H, W) maps: the per-pixel maximum in the 'jet' colour map (0 blue .. 1 red), blended half
+    and half with the image if given."""
     from matplotlib import colormaps
 
     top = np.clip(maps.max(axis=0), 0, 1) if maps.shape[0] else np.zeros(maps.shape[-2:], np.float32)
-    rgb = colormaps["jet"](top)[..., :3] * 255
+    rgb = colormaps[html.HEAT_COLORMAP](top)[..., :3] * 255
     if image is not None and image.shape[:2] == top.shape:
         rgb = 0.5 * rgb + 0.5 * image
     return rgb.astype(np.uint8)
+
+
+HEAT_LABEL = "heat maps: the highest class map per pixel, half blended with the image"
 
 
 def class_chart(result: EvalResult, path: Path) -> Path:
@@ -143,9 +147,11 @@ def _pseudo_mask(pred: Prediction, threshold: float | None) -> np.ndarray:
 
 
 def example_rows(result: EvalResult, spec: PredSpec, image_dir: str | Path | None, ids: Sequence[str]):
-    """``(column titles, rows of RGB panels)`` for the example grid."""
+    """``(column titles, rows (id, RGB panels), mask values shown, whether there are heat maps)`` for the example
+    grid."""
     gt = GroundTruth(result.gt)
     source = open_prediction(spec)
+    shown: set[int] = set()
     try:
         kind = spec.spec.rsplit(":", 1)[-1] if hasattr(source, "read_kind") else None
         kinds = set(source.siblings())
@@ -165,61 +171,80 @@ def example_rows(result: EvalResult, spec: PredSpec, image_dir: str | Path | Non
                     panels.append(np.full((*label.shape, 3), 255, np.uint8))
                     continue
                 panels.append(heat(resize_prediction(pred, label.shape).maps, image))
-            own = resize_prediction(source.read(image_id), label.shape)
-            panels += [colorize(_pseudo_mask(own, result.threshold)), colorize(label)]
+            mask = _pseudo_mask(resize_prediction(source.read(image_id), label.shape), result.threshold)
+            shown.update(np.unique(mask).tolist() + np.unique(label).tolist())
+            panels += [colorize(mask), colorize(label)]
             rows.append((image_id, panels))
-        return titles, rows
+        return titles, rows, sorted(shown), bool(columns)
     finally:
         source.close()
 
 
-def example_grid(titles: list[str], rows: list, path: Path) -> Path:
-    fig = _figure(2.2 * len(titles), 1.8 * len(rows) + 0.4)
+def example_grid(titles: list[str], rows: list, path: Path, class_names: Sequence[str] = (),
+                 shown: Sequence[int] = (), heat_maps: bool = True) -> Path:
+    """The examples as one PNG (for documents): panels of 2.4 inches, the colour bar of the heat maps (if any)
+    and the legend of the mask classes below them."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Patch
+
+    fig = _figure(2.4 * len(titles), 2.0 * len(rows) + 1.1)
+    grid = fig.add_gridspec(len(rows) + 1, len(titles), height_ratios=[1] * len(rows) + [0.35])
     for r, (image_id, panels) in enumerate(rows):
         for c, panel in enumerate(panels):
-            ax = fig.add_subplot(len(rows), len(titles), r * len(titles) + c + 1)
+            ax = fig.add_subplot(grid[r, c])
             ax.imshow(panel, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(titles[c], fontsize=9)
+                ax.set_title(titles[c], fontsize=10)
             if c == 0:
-                ax.set_ylabel(image_id, fontsize=8)
+                ax.set_ylabel(image_id, fontsize=9)
+    split = max(1, len(titles) // 3) if heat_maps else 0
+    if heat_maps:
+        bar = fig.add_subplot(grid[len(rows), :split])
+        fig.colorbar(ScalarMappable(Normalize(0, 1), html.HEAT_COLORMAP), cax=bar, orientation="horizontal")
+        bar.set_title("heat maps (blended with the image)", fontsize=9)
+    palette = voc_palette() / 255
+    handles = [Patch(color=palette[v], label="void / none" if v == 255 else
+                     (class_names[v] if v < len(class_names) else str(v))) for v in shown]
+    if handles and split < len(titles):
+        holder = fig.add_subplot(grid[len(rows), split:])
+        holder.axis("off")
+        holder.legend(handles=handles, loc="center", ncol=min(len(handles), 8), fontsize=9, title="mask classes",
+                      title_fontsize=9, frameon=False)
     fig.tight_layout()
     save_figure(fig, path)
     return path
 
 
-def _embed(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}">'
+def examples_html(titles: list[str], rows: list, class_names: Sequence[str], shown: Sequence[int],
+                  heat_maps: bool = True) -> str:
+    """The examples for the page: a colour bar (with heat maps), a class legend, and each image's panels with
+    their titles."""
+    return ((html.colorbar(HEAT_LABEL) if heat_maps else "") + html.legend(class_names, shown)
+            + html.example_rows([(image_id, list(zip(titles, panels))) for image_id, panels in rows]))
 
 
 def _fmt(value: float) -> str:
-    return "&ndash;" if math.isnan(float(value)) else f"{100 * float(value):.2f}"
+    return "–" if math.isnan(float(value)) else f"{100 * float(value):.2f}"
 
 
-def html_page(result: EvalResult, pictures: list[Path]) -> str:
+def html_page(result: EvalResult, charts: list[Path], examples: str = "", columns: int = 8) -> str:
     s = result.headline
-    head = "".join(f"<th>{h}</th>" for h in ("class", "IoU", "precision", "recall", "FP/union", "FN/union"))
-    body = "".join(
-        f"<tr><td>{html.escape(n)}</td>" + "".join(f"<td>{_fmt(s[m][k])}</td>" for m in
-                                                   ("iou", "precision", "recall", "fp_union", "fn_union")) + "</tr>"
-        for k, n in enumerate(result.class_names))
-    means = "".join(f"<td><b>{_fmt(s[m])}</b></td>" for m in
-                    ("mean_iou", "mean_precision", "mean_recall", "mean_fp_union", "mean_fn_union"))
+    metrics = ("iou", "precision", "recall", "fp_union", "fn_union")
+    rows = [[n, *(_fmt(s[m][k]) for m in metrics)] for k, n in enumerate(result.class_names)]
+    rows.append(["mean", *(_fmt(s[f"mean_{m}"]) for m in metrics)])
     threshold = "" if result.threshold is None else f", background threshold {result.threshold:g}"
-    sweep = "".join(f"<li>{html.escape(line.strip())}</li>" for line in sweep_lines(result)[1:]) \
+    sweep = "".join(f"<li>{html.esc(line.strip())}</li>" for line in sweep_lines(result)[1:]) \
         if result.mode == "sweep" else ""
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>orand-addon evaluation</title><style>"
-        "body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}"
-        "td:first-child{text-align:left}img{max-width:100%}</style></head><body>"
-        f"<h1>{html.escape(result.pred)}</h1><p>{result.num_images} images against {html.escape(result.gt)}"
-        f"{threshold}. Percent; dataset-level counts, ground-truth 255 ignored, means over the classes present."
-        f"</p><ul>{sweep}</ul>" + "".join(f"<p>{_embed(p)}</p>" for p in pictures) +
-        f"<table><tr>{head}</tr>{body}<tr><td><b>mean</b></td>{means}</tr></table></body></html>\n"
-    )
+    body = (f"<p>{result.num_images} images against {html.esc(result.gt)}{threshold}. Percent; dataset-level counts, "
+            f"ground-truth 255 ignored, means over the classes present.</p><ul>{sweep}</ul>"
+            + html.table(["class", "IoU", "precision", "recall", "FP/union", "FN/union"], rows,
+                         [""] * len(result.class_names) + ["group"])
+            + "".join(f"<p>{html.file_img(p)}</p>" for p in charts)
+            + (f"<h2>Examples</h2>{examples}" if examples else ""))
+    return html.page(result.pred, body, html.panel_width(columns))
 
 
 def write_report(result: EvalResult, out_dir: str | Path, images: str | Path | None = None, examples: int = 4,
@@ -231,13 +256,16 @@ def write_report(result: EvalResult, out_dir: str | Path, images: str | Path | N
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OrandError(f"{out}: cannot create the report folder ({exc.strerror})") from None
-    pictures = [class_chart(result, out / "eval_classes.png")]
+    charts = [class_chart(result, out / "eval_classes.png")]
     if result.mode == "sweep":
-        pictures.append(sweep_chart(result, out / "eval_sweep.png"))
+        charts.append(sweep_chart(result, out / "eval_sweep.png"))
     chosen = pick_examples(result.ids, examples)
+    shown_html, columns = "", 1
     if chosen:
-        titles, rows = example_rows(result, spec or PredSpec(result.pred), images, chosen)
-        pictures.append(example_grid(titles, rows, out / "eval_examples.png"))
+        titles, rows, shown, heat_maps = example_rows(result, spec or PredSpec(result.pred), images, chosen)
+        example_grid(titles, rows, out / "eval_examples.png", result.class_names, shown, heat_maps)
+        shown_html = examples_html(titles, rows, result.class_names, shown, heat_maps)
+        columns = len(titles)
     page = out / "index.html"
-    atomic_write_text(page, html_page(result, pictures), what="report page")
+    atomic_write_text(page, html_page(result, charts, shown_html, columns), what="report page")
     return page

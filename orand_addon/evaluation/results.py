@@ -153,6 +153,36 @@ def sweep_lines(result: EvalResult) -> list[str]:
         s = result.scores[index]
         out.append(f"  {name:<16} threshold {t[index]:<6g} mIoU {_pct(s['mean_iou'])}  precision "
                    f"{_pct(s['mean_precision'])}  recall {_pct(s['mean_recall'])}")
+    out += edge_warnings(t, result.best, result.precision_aware)
+    return out
+
+
+def edge_warnings(thresholds: list[float], best: int | None, precision_aware: int | None) -> list[str]:
+    """A warning for a chosen threshold at the edge of the sweep, where the true one may lie outside it: the best
+    mIoU at either end, the precision-aware one (the first threshold where precision reaches recall) at the start.
+
+    >>> edge_warnings([0.05, 0.1, 0.15], 0, 1)
+    ['  warning: the best-mIoU threshold 0.05 is the lowest of the sweep; it may lie below: sweep lower, e.g. --sweep 0.005:0.15:0.005']
+    >>> edge_warnings([0.05, 0.1, 0.15], 2, 2)
+    ['  warning: the best-mIoU threshold 0.15 is the highest of the sweep; it may lie above: sweep higher, e.g. --sweep 0.05:0.25:0.05']
+    >>> edge_warnings([0.05, 0.1, 0.15], 1, 2)
+    []
+    """
+    n = len(thresholds)
+    if n < 2:
+        return []
+    lo, hi = thresholds[0], thresholds[-1]
+    step = (hi - lo) / (n - 1)
+    lower = f"sweep lower, e.g. --sweep {lo / 10:.3g}:{hi:g}:{lo / 10:.3g}" if lo > 0 else None
+    higher = f"sweep higher, e.g. --sweep {lo:g}:{min(1.0, hi + 2 * step):.3g}:{step:.3g}" if hi < 1 else None
+    out = []
+    for name, index, ends in (("best-mIoU", best, (0, n - 1)), ("precision-aware", precision_aware, (0,))):
+        if index not in ends:
+            continue
+        end, side, hint = ("lowest", "below", lower) if index == 0 else ("highest", "above", higher)
+        if hint is not None:
+            out.append(f"  warning: the {name} threshold {thresholds[index]:g} is the {end} of the sweep; it may lie "
+                       f"{side}: {hint}")
     return out
 
 

@@ -15,6 +15,15 @@ from .sources import CamSource, cam_files, detect_format, file_ids, load_cam_obj
 from ..store.store import MASK_GROUPS, Store
 
 
+def class_list(indices, names: list[str]) -> str:
+    """0-based foreground class indices as names (``names`` background first); an index out of range stays a number.
+
+    >>> class_list([0, 14, 99], ["background", "aeroplane"] + ["x"] * 13 + ["person"])
+    'aeroplane, person, 99'
+    """
+    return ", ".join(names[i + 1] if 0 <= i < len(names) - 1 else str(i) for i in (int(k) for k in indices))
+
+
 def _range(values: list[float]) -> str:
     return f"{min(values):.3g} .. {max(values):.3g}" if values else "-"
 
@@ -115,7 +124,7 @@ def inspect_folder(path: Path, fmt: str, class_spec: str, labels_path: str | Non
                 problems.append(f"{file}: values above 1 (max {good.max():.3g})")
         zero = [int(k) for k, m in zip(rec.keys, maps) if not np.any(np.nan_to_num(m) > 0)]
         if zero:
-            problems.append(f"{file}: all-zero map for classes {zero}")
+            problems.append(f"{file}: all-zero map for {class_list(zero, class_set.names)}")
         bad_keys = [int(k) for k in rec.keys if not 0 <= int(k) < class_set.num_foreground]
         if bad_keys:
             problems.append(f"{file}: class indices {bad_keys} outside 0..{class_set.num_foreground - 1}")
@@ -124,7 +133,8 @@ def inspect_folder(path: Path, fmt: str, class_spec: str, labels_path: str | Non
             if lab is None:
                 problems.append(f"{file}: id {image_id} has no image-level label")
             elif set(lab.tolist()) != {int(k) for k in rec.keys}:
-                problems.append(f"{file}: classes {sorted(int(k) for k in rec.keys)} differ from labels {lab.tolist()}")
+                problems.append(f"{file}: classes {class_list(sorted(rec.keys), class_set.names) or 'none'} differ "
+                                f"from the labels' {class_list(lab, class_set.names) or 'none'}")
     if source is not None and source.stripped_suffix:
         yield f"ids: file names end in {source.stripped_suffix!r}, which is dropped from the ids"
     read = len(n_keys)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 
 from ..classes import ImageLabels
 from ..errors import FormatError, OrandError

@@ -296,8 +296,9 @@ def load_backbone(model: FCN8s, state: Mapping[str, torch.Tensor], where: str) -
 
 
 def build_model(arch: str = "fcn8s", width_div: int = 1, pretrained: str = "none", crop: str = "aligned") -> FCN8s:
-    """A fresh network; ``pretrained``: ``imagenet`` (torchvision's VGG16 file from the torch hub cache, offline),
-    a weights file (VGG16, ORANDNet or the official EncDec), or ``none``; ``crop``: the crop rule.
+    """A fresh network; ``pretrained``: ``imagenet`` (torchvision's VGG16 file from the torch hub cache, downloaded
+    there when missing and online), a weights file (VGG16, ORANDNet or the official EncDec), or ``none``;
+    ``crop``: the crop rule.
 
     >>> build_model("fcn8s", width_div=16)(torch.rand(1, 1, 13, 21)).shape
     torch.Size([1, 1, 13, 21])
@@ -362,14 +363,15 @@ def read_checkpoint(path: str | Path) -> dict:
                     "train_config": {"loss": "official"}}
         if "score_fr.weight" in ckpt and "features.0.weight" in ckpt:  # fcn8s and fcn8s-same share every shape
             raise OrandError(f"{path}: holds ORANDNet weights only, without the architecture and loss they were "
-                             f"trained with; use the last.pt that 'orand-addon train' wrote")
+                             f"trained with; use the model.pt (or last.pt) that 'orand-addon train' wrote")
         example = ", ".join(list(ckpt)[:2])
         raise OrandError(f"{path}: not an ORANDNet checkpoint (a state dict of another network: {example}, ...)")
     raise OrandError(f"{path}: not an ORANDNet checkpoint (written by 'orand-addon train'?)")
 
 
 def load_orandnet(path: str | Path) -> tuple[FCN8s, dict]:
-    """``(model on CPU, checkpoint dict)`` from a file written by ``orand-addon train``."""
+    """``(model on CPU, checkpoint dict)`` from a file written by ``orand-addon train``: ``model.pt`` (a finished
+    run) or ``last.pt`` (a run in progress)."""
     ckpt = read_checkpoint(path)
     cfg = ckpt["model_config"]
     arch, width, crop = cfg.get("arch"), cfg.get("width_div", 1), cfg.get("crop", "aligned")

@@ -26,6 +26,11 @@ The official loop (``encdec_train.py``) tests ``iteration > max_iters`` after th
 and its ``PolyOptimizer`` stops updating the lr once ``global_step >= max_step``: the last two steps run at step
 4,999's lr. ``lr_schedule="official"`` (:func:`total_steps`, :func:`step_lr`) reproduces that sequence; the image
 order and dropout masks of the official run come from its global RNG stream and are not reproduced.
+
+Run folder: ``last.pt`` while training (weights, optimizer state, RNG states: what ``--resume`` needs; about twice
+the weights with momentum, 1.07 GB for the full VGG16 FCN-8s), replaced at the end by ``model.pt`` (the weights,
+the architecture and the settings, no optimizer state: 537 MB for the full network, 4 bytes per parameter), and
+``train_log.json``. ``predict`` reads either file.
 """
 
 from __future__ import annotations
@@ -52,7 +57,10 @@ from .losses import DEFAULT_LOSS, LossFn, get_loss
 from .model import (ARCHS, CHECKPOINT_FORMAT, FCN8s, build_model, check_crop, check_full_state, get_geometry,
                     read_checkpoint)
 
-CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_NAME = "last.pt"  # the resumable state, while training
+FINAL_NAME = "model.pt"  # the trained weights, at the end
+OUTPUT_FILES = (CHECKPOINT_NAME, FINAL_NAME)
+RESUME_ONLY = ("optimizer", "scaler", "rng")  # what last.pt holds beyond model.pt
 LOG_NAME = "train_log.json"
 # Settings a resumed run must share with the checkpoint (they change the mathematics of the remaining steps).
 RESUME_FIXED = ("iterations", "lr", "momentum", "weight_decay", "power", "loss", "arch", "width_div", "seed", "crop",
@@ -177,15 +185,19 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler:
 
 def save_training_state(path: Path, model: FCN8s, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                         iteration: int, config: TrainConfig, ids: Sequence[str], history: list[float],
-                        store_path: str | Path, global_batch: int = 1) -> Path:
-    """Checkpoint everything a resumed run needs (loadable with ``weights_only=True``), written atomically."""
+                        store_path: str | Path, global_batch: int = 1, final: bool = False) -> Path:
+    """Checkpoint everything a resumed run needs (loadable with ``weights_only=True``), written atomically;
+    ``final``: the weights and the record only (``model.pt``: no optimizer, scaler or RNG state)."""
     from ..version import __version__
 
-    return atomic_save(training_state(
+    state = training_state(
         model, optimizer, scaler, format=CHECKPOINT_FORMAT, orand_addon_version=__version__,
         model_config=model.config(), iteration=iteration, global_batch=global_batch,
         train_config={k: v for k, v in asdict(config).items() if k != "ids"}, ids=list(ids),
-        store=str(Path(store_path).resolve()), history=list(history)), path)
+        store=str(Path(store_path).resolve()), history=list(history))
+    if final:
+        state = {k: v for k, v in state.items() if k not in RESUME_ONLY}
+    return atomic_save(state, path)
 
 
 def check_resumable(ckpt: dict, config: TrainConfig, ids: Sequence[str], where: Path, global_batch: int = 1) -> None:
@@ -230,14 +242,18 @@ def _stderr(line: str) -> None:
 
 
 def prepare_out_dir(out_dir: Path, resume: bool) -> Path:
-    """The checkpoint path; refuses to overwrite an earlier run unless resuming it."""
+    """The checkpoint path (``last.pt``, or ``model.pt`` of a finished run when resuming); refuses to overwrite
+    an earlier run unless resuming it."""
     ckpt = out_dir / CHECKPOINT_NAME
     if out_dir.exists() and not out_dir.is_dir():
         raise OrandError(f"{out_dir}: --out must be a folder, this is a file")
     if resume and not ckpt.is_file():
+        if (out_dir / FINAL_NAME).is_file():
+            return out_dir / FINAL_NAME
         raise OrandError(f"{ckpt}: no checkpoint to resume (run without --resume to start)")
-    if not resume and ckpt.exists():
-        raise OrandError(f"{ckpt} exists; pass --resume to continue that run or choose another --out")
+    existing = [out_dir / name for name in OUTPUT_FILES if (out_dir / name).exists()]
+    if not resume and existing:
+        raise OrandError(f"{existing[0]} exists; pass --resume to continue that run or choose another --out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -247,10 +263,11 @@ def prepare_out_dir(out_dir: Path, resume: bool) -> Path:
 
 def train_orandnet(store_path: str | Path, out_dir: str | Path, config: TrainConfig = TrainConfig(),
                    resume: bool = False, echo: Callable[[str], None] = _stderr) -> Path:
-    """Train ORANDNet on ``store_path`` (kinds ``or`` and ``and``); returns the checkpoint ``out_dir/last.pt``.
+    """Train ORANDNet on ``store_path`` (kinds ``or`` and ``and``); returns the weights ``out_dir/model.pt``.
 
-    Checkpoints every ``config.checkpoint_every`` steps, at the end and on Ctrl-C (then raises
-    :class:`~orand_addon.errors.Interrupted`); ``resume=True`` continues ``out_dir/last.pt`` exactly. Launched
+    Checkpoints ``out_dir/last.pt`` every ``config.checkpoint_every`` steps and on Ctrl-C (then raises
+    :class:`~orand_addon.errors.Interrupted`); ``resume=True`` continues it exactly. At the end ``model.pt`` (no
+    optimizer state) replaces ``last.pt``. Launched
     by torchrun, every rank calls this and they train one model with DDP (see the module docstring).
     """
     config.check()
@@ -269,6 +286,10 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
     if resume:
         saved = read_checkpoint(ckpt_path)
         check_resumable(saved, config, data.ids, ckpt_path, global_batch)
+    final = out_dir / FINAL_NAME
+    if saved is not None and ckpt_path == final:  # a finished run: its settings checked, nothing to do
+        echo(f"{final} is already complete ({saved.get('iteration')} of {config.iterations} iterations)")
+        return final
     seed_everything(config.seed)
     model = build_training_model(config, resuming=resume).to(device).train()
     notes = data.notes()
@@ -280,9 +301,14 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
     if saved is not None:
         start, history = restore_training_state(saved, model, optimizer, scaler, ckpt_path)
         del saved
-        if start >= total:
+        if start >= total:  # a last.pt of the final iteration: write model.pt from it
             echo(f"{ckpt_path} is already complete ({start} of {total} iterations)")
-            return ckpt_path
+            if info.is_main:
+                save_training_state(final, model, optimizer, scaler, start, config, data.ids, history, store_path,
+                                    global_batch, final=True)
+                ckpt_path.unlink(missing_ok=True)
+            barrier()
+            return final
         echo(f"resuming {ckpt_path} at iteration {start} of {total}")
     net = wrap_ddp(model, device)
     loss_fn = get_loss(config.loss)
@@ -291,11 +317,14 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
                                config.accumulate)
     loader = make_loader(dataset, sampler, config.workers, pin_memory=device.type == "cuda")
 
-    def checkpoint(done: int) -> None:
+    def checkpoint(done: int, last: bool = False) -> None:
+        """``last.pt`` (resumable), or at the end ``model.pt`` in its place."""
         if info.is_main:
-            save_training_state(ckpt_path, model, optimizer, scaler, done, config, data.ids, history, store_path,
-                                global_batch)
+            save_training_state(final if last else ckpt_path, model, optimizer, scaler, done, config, data.ids,
+                                history, store_path, global_batch, final=last)
             write_log(out_dir, config, done, history, notes)
+            if last:
+                ckpt_path.unlink(missing_ok=True)
         barrier()
 
     done = start
@@ -315,11 +344,11 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
                     recent.append(loss)
                     done = step + 1
                 loop.done(loss=f"{sum(recent) / len(recent):.4f}", lr=f"{lr:.2e}")
-                stopping = loop.stopping()
-                if done % config.checkpoint_every == 0 or done == total or stopping:
+                stopping = loop.stopping() and done < total
+                if (done % config.checkpoint_every == 0 and done < total) or stopping:
                     with loop.saving():
                         checkpoint(done)
-                if stopping and done < total:
+                if stopping:
                     raise Interrupted(f"interrupted at iteration {done} of {total}; saved {ckpt_path}; "
                                       f"continue with the same command and --resume")
     except KeyboardInterrupt:  # one process: the step in progress was abandoned, the state is that of ``done``
@@ -329,7 +358,9 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
                           f"with the same command and --resume") from None
     finally:
         dataset.close()
-    return ckpt_path
+    with TrainingLoop.saving():
+        checkpoint(done, last=True)
+    return final
 
 
 __all__ = ["TrainConfig", "train_orandnet", "train_step", "make_optimizer", "build_training_model", "ARCHS", "step_lr",

@@ -141,9 +141,10 @@ class SegmentStage(Stage):
         with score_group(dist, True) as ranks:
             conf = sum_confusions(conf, ranks)
         scores = segmentation_scores(conf)
+        per_class = {m: {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.names, scores[m])}
+                     for m in ("iou", "precision", "recall")}
         report.extra.update(miou=float(scores["mean_iou"]), mean_precision=float(scores["mean_precision"]),
-                            mean_recall=float(scores["mean_recall"]),
-                            iou={n: (None if np.isnan(v) else float(v)) for n, v in zip(self.names, scores["iou"])})
+                            mean_recall=float(scores["mean_recall"]), **per_class, confusion=conf.tolist())
 
     def _read(self, image_id: str, stores: Sequence[Store]) -> np.ndarray:
         for store in stores:
@@ -180,8 +181,9 @@ def segment_images(checkpoint: str | Path, images: str | Path, ids: Sequence[str
     ``config.gt``.
 
     Ids already written are skipped (an interrupted run resumes) but still scored. Returns a dict with
-    ``written``, ``skipped``, and with ``gt`` also ``miou``, ``mean_precision``, ``mean_recall`` and ``iou`` (class
-    name -> IoU). ``dist`` (rank ``r`` of ``w`` under torchrun): this rank segments ``ids[r::w]`` into ``out`` and
+    ``written``, ``skipped``, and with ``gt`` also ``miou``, ``mean_precision``, ``mean_recall``, ``iou``,
+    ``precision`` and ``recall`` (class name -> value) and ``confusion`` (C x C, rows ground truth), as ``evaluate``
+    counts them. ``dist`` (rank ``r`` of ``w`` under torchrun): this rank segments ``ids[r::w]`` into ``out`` and
     its shard of ``store`` (``written``/``skipped`` count its images, ``store`` names its shard,
     ``rank``/``world_size`` are added); with ``gt`` the scores are those of all ``ids``.
     """
@@ -202,5 +204,8 @@ def segment_images(checkpoint: str | Path, images: str | Path, ids: Sequence[str
                     "store": f"{written_to}:{c.group}" if store else None}
     if dist.enabled:
         result.update(rank=dist.rank, world_size=dist.world_size)
-    result.update({k: report.extra[k] for k in ("miou", "mean_precision", "mean_recall", "iou") if k in report.extra})
+    scores = ("miou", "mean_precision", "mean_recall", "iou", "precision", "recall", "confusion")
+    result.update({k: report.extra[k] for k in scores if k in report.extra})
+    if "miou" in result:
+        result["scored"] = len(ids)
     return result
