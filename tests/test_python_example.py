@@ -19,7 +19,7 @@ from PIL import Image
 from helpers import gt_mask, pseudo_cams, ref_mask, ref_pairs, ref_scores, reference_or_and, voc_mini_ids
 from orand_addon.io.images import load_image, save_label_png
 from orand_addon.io.writers import write_cam
-from test_irn_helpers import small_voc
+from helpers import small_voc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -16,7 +16,7 @@ from orand_addon.cli.problems import Problems, ProblemsFound
 from orand_addon.classes import VOC_CLASSES, read_id_list
 from orand_addon.errors import OrandError
 from orand_addon.store.store import Store
-from test_irn_helpers import small_voc, write_store
+from helpers import small_voc, write_store
 from test_seg_data import tiny_voc
 
 
