@@ -48,9 +48,9 @@ def trained(tmp_path_factory):
     assert res.exit_code == 0, res.output
     reference = root / "reference.h5"
     shutil.copy(store, reference)
-    res = run("predict", "--store", reference, "--checkpoint", root / "run" / "last.pt", "--batch-size", 1, *TINY)
+    res = run("predict", "--store", reference, "--checkpoint", root / "run" / "model.pt", "--batch-size", 1, *TINY)
     assert res.exit_code == 0, res.output
-    return store, root / "run" / "last.pt", reference
+    return store, root / "run" / "model.pt", reference
 
 
 def with_nan(store: Path, tmp_path: Path, kind: str = "or", value: float = np.nan) -> Path:
@@ -77,7 +77,7 @@ def test_train_refuses_maps_holding_nan_naming_the_id(trained, tmp_path, workers
     res = run("train", "--store", store, "--out", out, "--iterations", len(IDS), "--pretrained", "none",
               "--width-div", 8, "--workers", workers, *TINY)  # one epoch: every id is read
     assert error(res) == nan_line(store, "and")
-    assert not (out / "last.pt").exists()  # no checkpoint trained on NaN
+    assert not (out / "last.pt").exists() and not (out / "model.pt").exists()  # no checkpoint trained on NaN
 
 
 def test_predict_refuses_maps_holding_nan_and_keeps_what_it_finished(trained, tmp_path):
@@ -223,7 +223,7 @@ def test_a_file_name_that_is_not_utf8_is_refused_before_fusing_and_an_id_list_to
     ids = tmp_path / "ids.txt"
     ids.write_bytes(IDS[1].encode() + b"\n\xe9t\xe9\n")
     res = fuse(dumps, out, "--ids", ids)
-    assert error(res) == f"orand-addon: error: {ids}: id list is not UTF-8 text (byte 0xe9 at offset 12)"
+    assert error(res) == f"orand-addon: error: --ids {ids}: id list is not UTF-8 text (byte 0xe9 at offset 12)"
 
 
 def test_a_store_entry_that_is_not_a_map_dataset_is_one_line_in_every_reader(dumps, tmp_path):

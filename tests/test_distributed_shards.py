@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     res = run("train", "--store", store, "--out", root / "run", "--iterations", 1, "--loss", "bg-softmax",
               "--arch", "fcn8s-same", "--pretrained", "none", "--width-div", 8, "--device", "cpu", "--no-progress")
     assert res.exit_code == 0, res.output
-    return root, store, root / "run" / "last.pt"
+    return root, store, root / "run" / "model.pt"
 
 
 class TestKilledPredictRank(KilledRankTester):

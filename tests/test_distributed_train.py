@@ -21,7 +21,8 @@ from orand_addon.store.store import Store
 
 SETTINGS = dict(iterations=3, lr=0.01, momentum=0.9, weight_decay=5e-4, power=0.9, loss="bg-softmax", seed=0,
                 arch="fcn8s-same", width_div=8)
-ARGS = ["--iterations", 3, "--lr", 0.01, "--loss", "bg-softmax", "--arch", "fcn8s-same", "--pretrained", "none",
+ARGS = ["--iterations", 3, "--lr", 0.01, "--momentum", 0.9, "--weight-decay", 5e-4, "--loss", "bg-softmax",
+        "--arch", "fcn8s-same", "--pretrained", "none",
         "--width-div", 8, "--device", "cpu", "--no-progress"]
 
 

@@ -24,7 +24,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import GT, voc_mini_ids, write_voc_mini_cams
+from helpers import GT, JPEG, voc_mini_ids, write_voc_mini_cams
 from orand_addon.cli import cli
 from orand_addon.errors import FormatError, UnsafePickleError
 from orand_addon.io.safe_pickle import safe_load_npy
@@ -345,9 +345,10 @@ def test_checkpoints_refused_by_weights_only_loading_say_so_in_one_line_without_
         garbage: f"{garbage}: corrupt or unreadable checkpoint (not a torch.save file: Unsupported operand 103)",
     }
     (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "one.jpg").write_bytes((JPEG / f"{voc_mini_ids()[0]}.jpg").read_bytes())
     for path, line in expected.items():
-        code, stdout, stderr, _ = measured(["segment", "--checkpoint", path, "--images", tmp_path / "img", "--ids",
-                                            "val", "--out", tmp_path / "out", "--no-progress"])
+        code, stdout, stderr, _ = measured(["segment", "--checkpoint", path, "--images", tmp_path / "img", "--out",
+                                            tmp_path / "out", "--no-progress"])
         assert code == 2 and stdout == ""
         assert stderr == f"orand-addon: error: {line}\n"
 

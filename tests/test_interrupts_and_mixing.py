@@ -132,7 +132,7 @@ def test_a_rerun_with_another_cam_folder_is_refused_instead_of_mixing(dumps, ref
         res = run(*fuse_args(dumps, out, "--ids", ids, a=folder))
         assert res.exit_code == 2
         assert re.fullmatch(rf"orand-addon: error: {re.escape(str(out))}: /(or|and|mean) was written by '.*' with "
-                            rf"other parameters \(sources differ\); use a new output file or --overwrite\n",
+                            rf"other parameters \(--cams-a/-b/\.\.\. \(their files\) differ\); use a new output file or --overwrite\n",
                             res.output), res.output
         assert_same_store(reference, out)  # untouched
     res = run(*fuse_args(dumps, out, "--overwrite", a=other))
@@ -147,7 +147,7 @@ def test_a_file_size_limit_while_predict_merges_keeps_the_store_and_the_rerun_co
     tiny = ["--no-progress", "--device", "cpu"]
     assert run("train", "--store", store, "--out", tmp_path / "run", "--iterations", 1, "--pretrained", "none",
                "--width-div", 8, *tiny).exit_code == 0
-    ckpt = tmp_path / "run" / "last.pt"
+    ckpt = tmp_path / "run" / "model.pt"
     reference = tmp_path / "reference.h5"
     shutil.copy(store, reference)
     assert run("predict", "--store", reference, "--checkpoint", ckpt, *tiny).exit_code == 0

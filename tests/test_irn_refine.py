@@ -120,9 +120,9 @@ def test_nan_boundary_stops_with_the_id_and_keeps_finished_images(pipeline, monk
     real = walk_step.predict_edge
     calls = {"n": 0}
 
-    def nan_on_second(model, image, context=None):
+    def nan_on_second(model, image, *args, **kwargs):
         calls["n"] += 1
-        edge = real(model, image, context)
+        edge = real(model, image, *args, **kwargs)
         return edge * float("nan") if calls["n"] == 2 else edge
 
     monkeypatch.setattr(walk_step, "predict_edge", nan_on_second)

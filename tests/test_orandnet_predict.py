@@ -168,7 +168,7 @@ def test_another_checkpoint_needs_overwrite(store_copy, tmp_path):
     res = run("predict", "--store", store, "--checkpoint", second, *TINY_ARGS)
     assert res.exit_code == 2
     assert res.output.startswith(f"orand-addon: error: {store}: /orandnet was written by 'orand-addon ")
-    assert res.output.endswith("with other parameters (checkpoint differ); use a new output file or --overwrite\n")
+    assert res.output.endswith("with other parameters (--checkpoint differ); use a new output file or --overwrite\n")
     res = run("predict", "--store", store, "--checkpoint", second, "--overwrite", *TINY_ARGS)
     assert res.exit_code == 0, res.output
     with Store(store) as s:

@@ -204,10 +204,10 @@ class TestOrandnetResume(ResumeTester):
         return train_orandnet(train_inputs, out, config, resume=resume, echo=lambda _: None)
 
     def weights(self, out):
-        return torch.load(out / "last.pt", weights_only=True)["model"]
+        return torch.load(out / "model.pt", weights_only=True)["model"]
 
     def losses(self, out):
-        return torch.load(out / "last.pt", weights_only=True)["history"]
+        return torch.load(out / "model.pt", weights_only=True)["history"]
 
     def check_interrupted(self, train_inputs, out):
         assert torch.load(out / "last.pt", weights_only=True)["iteration"] == 2

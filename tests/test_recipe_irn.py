@@ -136,6 +136,7 @@ def captured(monkeypatch):
         return Report()
 
     monkeypatch.setattr("orand_addon.refine.pipeline.refine", fake_refine)
+    monkeypatch.setattr("orand_addon.cli.refine.check_refine", lambda *a, **k: None)  # no store, no weights
     return seen
 
 

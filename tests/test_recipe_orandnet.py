@@ -174,7 +174,7 @@ def test_train_recipe_official_reproduces_the_official_steps(store, tmp_path):
     result = run("train", "--store", store, "--out", tmp_path / "run", "--recipe", "official", "--iterations", 2,
                  "--pretrained", tmp_path / "start.pth", "--width-div", DIV, "--no-progress", "--device", "cpu")
     assert result.exit_code == 0, result.output
-    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    ckpt = load_checkpoint(tmp_path / "run" / "model.pt")
     assert ckpt["iteration"] == 4 and len(ckpt["history"]) == 4
     assert ckpt["model_config"]["crop"] == "official"
     saved = ckpt["train_config"]

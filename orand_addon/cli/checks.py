@@ -71,7 +71,10 @@ def read_list(problems: Problems, option: str, spec: str | Sequence[str] | None)
         try:
             return read_id_list(spec)
         except OrandError as exc:
-            raise OrandError(f"{option} {spec}: {exc}") from None
+            message = str(exc)
+            if message.startswith(f"{spec}:"):  # the message names the file already
+                raise OrandError(f"{option} {message}") from None
+            raise OrandError(f"{option} {spec}: {message}") from None
     return None
 
 

@@ -180,11 +180,11 @@ def segment(**kw) -> None:
     store, group = kw["store"], "seg"
     if store and ":" in store.rsplit("/", 1)[-1]:
         store, group = store.rsplit(":", 1)
+    scales = parse_floats(kw["scales"], "--scales", maximum=MAX_SCALE)  # a usage error, as click's own
     problems = Problems()
     ids = resolve_segment_ids(problems, kw["checkpoint"], kw["images"], kw["ids"], kw["gt"], kw["out"], store)
     problems.raise_if_any()
     dist = dist_info()
-    scales = parse_floats(kw["scales"], "--scales", maximum=MAX_SCALE)
     config = SegmentConfig(out=kw["out"], store=store, group=group, scales=scales,
                            flip=kw["flip"], crf=kw["crf"], gt=kw["gt"], device=kw["device"],
                            precision=kw["precision"], overwrite=kw["overwrite"], show_progress=kw["progress"])

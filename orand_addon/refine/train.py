@@ -271,7 +271,7 @@ def training_ids(store_path: str | Path, images: str | Path, ids: Sequence[str] 
     """The ids to train on, after every check that needs no model (one-line errors, the same on every rank)."""
     with Store(store_path, "r") as store:
         todo = select_ids(store, "seeds", ids, "run the seeds step first")
-        check_images(images, todo, lambda i: store.map_shape("seeds", i), "seeds")
+        check_images(images, todo, lambda i: store.mask_shape("seeds", i), "seeds")
     side = (options.crop_size + 3) // 4
     if side < 2 * options.radius - 1:
         raise OrandError(f"--crop-size {options.crop_size} is too small for pairs within radius {options.radius} "

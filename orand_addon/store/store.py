@@ -509,12 +509,21 @@ class Store:
                     _compression_kwargs(self.compression))
 
     # -- masks -----------------------------------------------------------------------------------------------
-    def read_mask(self, group: str, image_id: str) -> np.ndarray:
-        """A uint8 (H, W) mask; an entry of another shape or type is a one-line error."""
+    def _mask_dataset(self, group: str, image_id: str) -> h5py.Dataset:
         where = f"/{group}/{image_id}"
         ds = self._entry(group, image_id, "a mask dataset")
         if ds.ndim != 2 or ds.dtype.kind not in "ui":
             raise StoreError(f"{self.path}: {where} must be a mask (H, W) of integers, got shape {ds.shape} {ds.dtype}")
+        return ds
+
+    def mask_shape(self, group: str, image_id: str) -> tuple[int, int]:
+        """(H, W) of a mask (seeds, masks, seg), from its header only."""
+        return tuple(self._mask_dataset(group, image_id).shape)
+
+    def read_mask(self, group: str, image_id: str) -> np.ndarray:
+        """A uint8 (H, W) mask; an entry of another shape or type is a one-line error."""
+        where = f"/{group}/{image_id}"
+        ds = self._mask_dataset(group, image_id)
         self._checked_size(ds, where, 1)
         mask = ds[()]
         if mask.dtype != np.uint8:
