@@ -1,5 +1,6 @@
 """Independent re-implementations of the official ORANDNet behaviour, written in the tests from the published
-description (docs/notes/recipes.md, the facts gathered from engineerJPark/ORANDNet), not from orand_addon's code.
+description (docs/decisions.md and the README's recipe table, the facts gathered from engineerJPark/ORANDNet),
+not from orand_addon's code.
 
 * :class:`RefEncDec`: the official FCN-8s ``EncDec`` with its own module names (``downsample1.0``, ``fc6.0``,
   ``score_final``, ``upsample_make_16s`` ...), a channel divider for small test models, and either crop rule.

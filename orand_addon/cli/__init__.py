@@ -172,7 +172,7 @@ def recipe_option(command: str):
         "--recipe", type=click.Choice(list(RECIPES)), default=None, is_eager=True, expose_value=False,
         callback=callback,
         help=f"Option defaults from a bundled recipe ({help_text(RECIPES)}); options given on the command line "
-             f"or in --config win. Every choice: docs/notes/recipes.md.")
+             f"or in --config win. Every choice: the README's recipe table.")
 
 
 @click.group(cls=OrandGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

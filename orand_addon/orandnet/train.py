@@ -20,7 +20,7 @@ slot, so the official run used momentum = 1e-4 (AMN+MCTformer script; 0 in the R
 decay. The paper states "lr 0.001, poly, no weight decay" and no momentum: the defaults are lr 1e-3, poly 0.9,
 weight decay 0 and momentum 0 (plain SGD, the effective behaviour of the released run: a momentum of 1e-4 changes
 an update by a ten-thousandth of the previous one); ``--recipe official`` sets momentum 1e-4 to reproduce it bit
-for bit (docs/notes/recipes.md).
+for bit (the README's recipe table, docs/decisions.md).
 
 The official loop (``encdec_train.py``) tests ``iteration > max_iters`` after the step, so it takes 5,002 steps,
 and its ``PolyOptimizer`` stops updating the lr once ``global_step >= max_step``: the last two steps run at step

@@ -1,7 +1,8 @@
 """Bundled recipes: TOML files of option defaults, one ``[command]`` section each (``official.toml``,
 ``paper.toml``), the same layout as a ``--config`` file. ``--recipe NAME`` on a command sets that command's
 defaults from its section; an option given on the command line, or in a ``--config`` file, wins
-(:func:`orand_addon.cli.recipe_option`). Every choice of a recipe, with its source, is in docs/notes/recipes.md.
+(:func:`orand_addon.cli.recipe_option`). Every choice of a recipe, with its source, is in the README's recipe
+table (decisions: docs/decisions.md).
 
 >>> sorted(load_recipe("official"))
 ['evaluate', 'fuse', 'predict', 'refine', 'train', 'train-seg']
