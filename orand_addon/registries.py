@@ -70,9 +70,17 @@ SEG_MODELS: dict[str, str] = {
     "deeplabv2-resnet34": "light DeepLab-v2 on ResNet-34, OS 8",
     "deeplabv2-resnet18": "light DeepLab-v2 on ResNet-18, OS 8",
     "deeplabv2-resnet18-os16": "lightest: ResNet-18 at OS 16, ASPP 3/6/9/12 (CPU demo, ~2.5x cheaper)",
+    "deeplabv2-effnet-lite0": "DeepLab-v2 on ImageNet EfficientNet-Lite0 at OS 16, ASPP 3/6/9/12 (extra 'real')",
+    "deeplabv2-effnet-lite2": "DeepLab-v2 on ImageNet EfficientNet-Lite2 at OS 16, ASPP 3/6/9/12 (extra 'real')",
     "deeplabv3-resnet101": "torchvision DeepLabV3, OS 8",
     "deeplabv3-resnet50": "torchvision DeepLabV3, OS 8",
     "deeplabv1-resnet38": "DeepLab-v1 LargeFOV on ResNet-38 (PSA/SEAM), OS 8 (the paper's segmentation model)",
+}
+
+IRN_BACKBONES: dict[str, str] = {
+    "resnet50": "ImageNet ResNet-50, last stage at stride 16 without dilation (IRN)",
+    "effnet-lite0": "ImageNet EfficientNet-Lite0 at output stride 16 (extra 'real'; input (RGB-127)/128)",
+    "effnet-lite2": "ImageNet EfficientNet-Lite2 at output stride 16 (extra 'real'; input (RGB-127)/128)",
 }
 
 SEG_LOSSES: dict[str, str] = {

@@ -154,7 +154,7 @@ def check_refine(p: Problems, store: str | Path, kind: str, images: str | Path, 
             p.add("--pretrained none with a frozen backbone would train on random features; use --backbone "
                   "trainable (or ImageNet weights)")
         else:
-            check_weights(p, "resnet50", t.pretrained)
+            check_weights(p, t.arch, t.pretrained)
     if "walk" in steps and "train" not in steps:
         weights = Path(c.checkpoint) if c.checkpoint is not None else run_dir / FINAL
         if not weights.is_file():

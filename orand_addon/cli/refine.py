@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import click
 
-from ..registries import IRN_LABEL_SAMPLING, help_text
+from ..registries import IRN_BACKBONES, IRN_LABEL_SAMPLING, help_text
 from . import recipe_option
 from .checks import check_refine, read_list
 from .common import (command_line, device_option, dtype_option, echo_lines, precision_option, progress_option,
@@ -64,6 +64,8 @@ def _train_opts(f):
                           "(needs --backbone trainable)."),
         click.option("--backbone", type=click.Choice(["frozen", "trainable"]), default="frozen", show_default=True,
                      help="frozen: IRN's fixed ImageNet backbone; trainable: train it too (no ImageNet weights)."),
+        click.option("--arch", type=click.Choice(list(IRN_BACKBONES)), default="resnet50", show_default=True,
+                     help="Backbone network: " + help_text(IRN_BACKBONES) + "."),
         click.option("--crop-size", type=click.IntRange(16, 4096), default=512, show_default=True),
         click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True,
                      help="Crops per step: the global batch, split evenly over the processes under torchrun."),
@@ -183,7 +185,7 @@ def refine(**kw) -> None:
     train_options = TrainOptions(
         crop_size=kw["crop_size"], batch_size=kw["batch_size"], epochs=kw["epochs"], lr=kw["lr"], dp_lr=kw["dp_lr"],
         backbone_lr=kw["backbone_lr"], weight_decay=kw["weight_decay"], momentum=kw["momentum"],
-        label_sampling=kw["label_sampling"], backbone=kw["backbone"], pretrained=kw["pretrained"],
+        label_sampling=kw["label_sampling"], backbone=kw["backbone"], arch=kw["arch"], pretrained=kw["pretrained"],
         max_steps=kw["max_steps"], seed=kw["seed"])
     walk_options = WalkOptions(beta=kw["beta"], exp_times=kw["exp_times"], radius=kw["radius"],
                                bg_thres=kw["sem_seg_bg_thres"], cam_power=kw["cam_power"], dtype=kw["dtype"],

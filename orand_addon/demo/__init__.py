@@ -1,5 +1,5 @@
 """``orand-addon demo``: the whole pipeline on a benchmark, ending in a Table-1-like table (:mod:`.run`); the
-synthetic testbed lives in :mod:`.synthetic`."""
+synthetic testbed lives in :mod:`.synthetic`, the MSRC-v2 benchmark in :mod:`.msrc`."""
 
 from __future__ import annotations
 

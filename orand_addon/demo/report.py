@@ -137,8 +137,10 @@ def write_demo_report(out: Path, record: dict, evaluations: Mapping[str, object]
     names = list(info.class_names)
     m = record.get("machine") or {}
     where = f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('device', '?')}, torch {m.get('torch', '?')}"
-    body = [f"<p>Size <code>{html.esc(record['size'])}</code>, seed {record['seed']}: {len(info.train_ids)} train + "
-            f"{len(info.val_ids)} val images of {info.image_size[0]}×{info.image_size[1]} px, {len(names) - 1} "
+    size = getattr(info, "image_size", None)  # the synthetic images share one size; real photos do not
+    pixels = f" of {size[0]}×{size[1]} px" if size else ""
+    body = [f"<p>{html.esc(record.get('dataset', 'synthetic'))}, size <code>{html.esc(record['size'])}</code>, seed "
+            f"{record['seed']}: {len(info.train_ids)} train + {len(info.val_ids)} val images{pixels}, {len(names) - 1} "
             f"classes; {html.esc(where)}, {html.esc(record.get('date', ''))}. Percent; maps are scored over the "
             f"background thresholds of the sweep at their best-mIoU and their precision-aware threshold (the "
             f"first where mean precision ≥ mean recall).</p>",

@@ -1,62 +1,63 @@
-"""``orand-addon demo``: the whole pipeline on the synthetic WSSS testbed, ending in a Table-1-like table.
+"""``orand-addon demo``: the whole pipeline on a benchmark, ending in a Table-1-like table, ``results.json`` and
+the visual report. The machinery here serves every benchmark; what differs (data, CAM sources, the settings of
+each stage per size) comes from :mod:`.synthetic` (``--dataset synthetic``) or :mod:`.msrc` (``--dataset msrc``).
 
 Stages (each resumes: rerunning the demo reuses every finished stage of the same output folder)::
 
-    data -> cams (CNN as AMN dumps, ViT as MCTformer dumps) -> fuse -> orandnet (train + predict)
-         -> irn (seeds, train, walk) -> evaluate (every kind on train) -> deeplab (with and without scale scheduling)
+    data -> cams (source a as AMN dumps, source b as MCTformer dumps) -> fuse -> orandnet (train + predict)
+         -> irn (seeds, train, walk) -> evaluate (every kind on train, and two baselines) -> deeplab (with and
+         without scale scheduling, scored on val)
 
-The settings of each size are in :data:`PLANS`: the reference recipes, shrunk where the 64x80-pixel images and a
-2-core CPU force it (written next to each field). Nothing is tuned against the ground truth: every map row of the
-table is scored over a threshold sweep and reported at its best-mIoU and at its precision-aware threshold.
+They are the library's own entry points (``run_fuse``, ``train_orandnet``/``predict_orandnet``, ``refine``,
+``evaluate``, ``train_segmentation``/``segment_images``), i.e. what a user runs on their own dumps. Nothing is
+tuned against the ground truth: every map row of the table is scored over a threshold sweep and reported at its
+best-mIoU and at its precision-aware threshold (evaluation choices); masks are scored as they are.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from ..errors import OrandError
+from .synthetic.benchmark import PLANS, DemoPlan, plan_for  # noqa: F401 (the synthetic plans, re-exported)
+
+if TYPE_CHECKING:
+    from ..orandnet import TrainConfig
+    from ..refine import TrainOptions
 
 STAGES = ("data", "cams", "fuse", "orandnet", "irn", "evaluate", "deeplab")
+DATASETS = ("synthetic", "msrc")
 SWEEP = "0.05:0.95:0.05"
+CENTRE_FRACTION = 0.6
 
 
 @dataclass(frozen=True)
-class DemoPlan:
-    """Training lengths and the few settings the small images force, per size."""
+class StagePlan:
+    """What the pipeline trains, per stage, for one benchmark and size."""
 
-    size: str
-    orandnet_iterations: int          # paper 5,000 at VOC size; lr 1e-2 since it starts from scratch (no ImageNet)
-    orandnet_width_div: int = 4       # VGG16 channels / 4: the full network is ~15x slower on 2 CPU cores
-    irn_epochs: int = 3               # as IRN
-    irn_batch: int = 16               # IRN 32
-    irn_radius: int = 5               # IRN 10 needs crops of >= 76 px; the images are 64 px high
-    seg_epochs: int = 8
-    seg_schedule: str = "4:2,2:2"     # paper 8:2,4:2,2:2 on 321-px crops; capped at 1/4 of a 64-px crop
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    orandnet: "TrainConfig"
+    irn: "TrainOptions"
+    seg: dict                          # SegTrainConfig keywords besides the paths, the schedule and resume
+    seg_schedule: str
+    seg_scales: tuple[float, ...] = (1.0,)
 
 
-PLANS: dict[str, DemoPlan] = {
-    "ci": DemoPlan("ci", orandnet_iterations=200, irn_epochs=1, seg_epochs=5, seg_schedule="4:1,2:1"),
-    "default": DemoPlan("default", orandnet_iterations=1000),
-    "large": DemoPlan("large", orandnet_iterations=5000, orandnet_width_div=1, irn_radius=10, seg_epochs=20,
-                      seg_schedule="8:2,4:2,2:2"),
-}
+class Benchmark(Protocol):
+    """A dataset for the demo (see :class:`~.synthetic.benchmark.SyntheticBenchmark`)."""
 
+    name: str
+    source_rows: tuple[str, str]
+    source_formats: tuple[str, str]
 
-def plan_for(size: str) -> DemoPlan:
-    """The plan of a named size (``ci``, ``default``, ``large``); a size with overrides uses its base name's plan.
-
-    >>> plan_for("ci,n_train=60").orandnet_iterations
-    200
-    >>> plan_for("image=64x96").size
-    'default'
-    """
-    base = size.split(",")[0].strip()
-    return PLANS[base] if base in PLANS else PLANS["default"]
+    def header(self) -> str: ...
+    def record(self) -> dict: ...
+    def make_data(self, run: "DemoRun"): ...
+    def make_cams(self, run: "DemoRun", data) -> dict[str, Path]: ...
+    def stage_plan(self, run: "DemoRun", data) -> StagePlan: ...
 
 
 @dataclass
@@ -69,6 +70,7 @@ class DemoRun:
     device: str = "auto"
     progress: bool = True
     echo: Callable[[str], None] = print
+    dataset: str = "synthetic"
     timings: dict[str, float] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)
     seg_rows: list[dict] = field(default_factory=list)
@@ -87,43 +89,38 @@ class DemoRun:
         return result
 
 
-def _orandnet_stage(run: DemoRun, plan: DemoPlan, info) -> None:
-    from ..orandnet import PredictConfig, TrainConfig, predict_orandnet, train_orandnet
+def _fuse_stage(run: DemoRun, bench: Benchmark, data, cams: dict[str, Path]) -> None:
+    from ..classes import get_class_set
+    from ..fuse.stage import FuseOptions, run_fuse
+
+    run_fuse([cams["a"], cams["b"]], run.store, get_class_set(str(data.classes_path)), data.labels(),
+             FuseOptions(formats=bench.source_formats, keep_sources=True), ids=list(data.train_ids),
+             command="orand-addon demo", progress=run.progress)
+
+
+def _orandnet_stage(run: DemoRun, plan: StagePlan) -> None:
+    from ..orandnet import PredictConfig, predict_orandnet, train_orandnet
 
     run_dir = run.out / "runs" / "orandnet"
-    config = TrainConfig(iterations=plan.orandnet_iterations, lr=1e-2, momentum=0.9, weight_decay=5e-4,
-                         loss="official", pretrained="none",
-                         arch="fcn8s-same", width_div=plan.orandnet_width_div, seed=run.seed, device=run.device,
-                         checkpoint_every=max(100, plan.orandnet_iterations // 5), progress=run.progress)
     resume = (run_dir / "last.pt").is_file() or (run_dir / "model.pt").is_file()  # a finished run returns at once
-    checkpoint = train_orandnet(run.store, run_dir, config, resume=resume, echo=run.echo)
+    checkpoint = train_orandnet(run.store, run_dir, plan.orandnet, resume=resume, echo=run.echo)
     predict_orandnet(run.store, checkpoint, PredictConfig(device=run.device, progress=run.progress), echo=run.echo)
 
 
-def _irn_stage(run: DemoRun, plan: DemoPlan, info) -> None:
-    from ..refine import TrainOptions
+def _irn_stage(run: DemoRun, plan: StagePlan, data) -> None:
     from ..refine.pipeline import RefineConfig, refine
 
-    crop = min(info.image_size)
-    options = TrainOptions(crop_size=crop, batch_size=plan.irn_batch, epochs=plan.irn_epochs, radius=plan.irn_radius,
-                           backbone="trainable", pretrained="none", seed=run.seed)
-    report = refine(run.store, "orandnet", info.images,
-                    RefineConfig(run_dir=run.out / "runs" / "irn", train_options=options, device=run.device,
+    report = refine(run.store, "orandnet", data.images,
+                    RefineConfig(run_dir=run.out / "runs" / "irn", train_options=plan.irn, device=run.device,
                                  progress=run.progress), command="orand-addon demo")
     for note in report.notes:
         run.echo(f"    note: {note}")
 
 
-# (row label, store kind, what it is)
-MAP_ROWS = (
-    ("CNN CAM (AMN dump)", "a"),
-    ("ViT CAM (MCTformer dump)", "b"),
-    ("naive mean", "mean"),
-    ("OR", "or"),
-    ("AND", "and"),
-    ("ORANDNet", "orandnet"),
-    ("ORANDNet + IRN", "rw"),
-)
+def map_rows(bench: Benchmark) -> tuple[tuple[str, str], ...]:
+    """(row label, store kind) of the map rows of the table, in the paper's order."""
+    return ((bench.source_rows[0], "a"), (bench.source_rows[1], "b"), ("naive mean", "mean"), ("OR", "or"),
+            ("AND", "and"), ("ORANDNet", "orandnet"), ("ORANDNet + IRN", "rw"))
 
 
 def _scores(result, index: int) -> dict:
@@ -131,59 +128,96 @@ def _scores(result, index: int) -> dict:
     return {"mIoU": 100 * s["mean_iou"], "precision": 100 * s["mean_precision"], "recall": 100 * s["mean_recall"]}
 
 
-def _evaluate_stage(run: DemoRun, info) -> None:
+def _mask_row(label: str, kind: str, result) -> dict:
+    return {"row": label, "kind": kind, "best_thres": None, **_scores(result, 0), "pa_thres": None, "pa": None}
+
+
+def centre_box(shape: tuple[int, int], label: int, fraction: float = CENTRE_FRACTION):
+    """Baseline mask: ``label`` in the middle ``fraction`` of each side, background around it.
+
+    >>> centre_box((5, 10), 3).tolist()[1]
+    [0, 0, 3, 3, 3, 3, 3, 3, 0, 0]
+    """
+    import numpy as np
+
+    h, w = shape
+    y0, x0 = int(round(h * (1 - fraction) / 2)), int(round(w * (1 - fraction) / 2))
+    mask = np.zeros(shape, np.uint8)
+    mask[y0:h - y0, x0:w - x0] = label
+    return mask
+
+
+def baseline_masks(data, ids: Sequence[str], out: Path, progress: bool) -> dict[str, Path]:
+    """PNG masks of the two label-only baselines (the first image label; background for an image without one):
+    ``centre box`` (middle 60 % of each side) and ``label everywhere``. Written once; a rerun keeps them."""
+    import numpy as np
+
+    from ..io.images import image_size, save_label_png
+    from ..runtime.progress import progress as bar
+
+    labels = data.labels()
+    folders = {"centre box (middle 60 %)": out / "centre_box", "image label everywhere": out / "label_everywhere"}
+    todo = [i for i in ids if not all((f / f"{i}.png").is_file() for f in folders.values())]
+    for image_id in bar(todo, desc="baselines", unit="img", enabled=progress):
+        present = labels.get(image_id)
+        label = int(present[0]) + 1 if present is not None and len(present) else 0
+        shape = image_size(data.images, image_id)
+        save_label_png(folders["centre box (middle 60 %)"] / f"{image_id}.png", centre_box(shape, label))
+        save_label_png(folders["image label everywhere"] / f"{image_id}.png", np.full(shape, label, np.uint8))
+    return folders
+
+
+def _evaluate_stage(run: DemoRun, bench: Benchmark, data) -> None:
     from ..evaluation.stage import evaluate
 
+    ids, classes = list(data.train_ids), str(data.classes_path)
     run.rows = []
-    for label, kind in MAP_ROWS:
-        result = evaluate(f"{run.store}:{kind}", info.masks, ids=list(info.train_ids), sweep=SWEEP,
-                          classes=str(info.classes_path))
+    for label, kind in map_rows(bench):
+        result = evaluate(f"{run.store}:{kind}", data.masks, ids=ids, sweep=SWEEP, classes=classes)
         row = {"row": label, "kind": kind, "best_thres": result.best_threshold, **_scores(result, result.best)}
         pa = result.precision_aware
         row["pa_thres"] = result.precision_aware_threshold
         row["pa"] = _scores(result, pa) if pa is not None else None
         run.rows.append(row)
         run.evaluations[kind] = result
-    masks = evaluate(f"{run.store}:masks", info.masks, ids=list(info.train_ids), classes=str(info.classes_path))
-    run.rows.append({"row": "ORANDNet + IRN masks (IRN bg 0.25)", "kind": "masks", "best_thres": None,
-                     **_scores(masks, 0), "pa_thres": None, "pa": None})
+    masks = evaluate(f"{run.store}:masks", data.masks, ids=ids, classes=classes)
+    run.rows.append(_mask_row("ORANDNet + IRN masks (IRN bg 0.25)", "masks", masks))
     run.evaluations["masks"] = masks
+    for label, folder in baseline_masks(data, ids, run.out / "baselines", run.progress).items():
+        result = evaluate(str(folder), data.masks, ids=ids, classes=classes)
+        run.rows.append(_mask_row(f"baseline: {label}", "baseline", result))
 
 
-def _write_report(run: DemoRun, record: dict) -> None:
+def _write_report(run: DemoRun, record: dict, data) -> None:
     """The report of the whole run (:mod:`.report`): after the evaluate stage, DeepLab's rows when it ran."""
     from .report import write_demo_report
-    from .synthetic import load_dataset
 
     runs = [(r["row"], Path(r["val_masks"])) for r in run.seg_rows if "val_masks" in r]
     try:
-        page = write_demo_report(run.out / "report", record, run.evaluations, run.store,
-                                 load_dataset(run.out / "data"), runs)
+        page = write_demo_report(run.out / "report", record, run.evaluations, run.store, data, runs)
         run.echo(f"    report: {page}")
     except OrandError as exc:  # matplotlib missing: the table still stands
         run.echo(f"    report skipped: {exc}")
 
 
-def _deeplab_stage(run: DemoRun, plan: DemoPlan, info) -> None:
+def _deeplab_stage(run: DemoRun, plan: StagePlan, data) -> None:
     from ..segment import SegmentConfig, SegTrainConfig, segment_images, train_segmentation
 
     run.seg_rows = []
-    for label, schedule in (("DeepLab, no scale schedule", "none"), (f"DeepLab, scale schedule {plan.seg_schedule}",
-                                                                     plan.seg_schedule)):
+    for label, schedule in (("DeepLab, no scale schedule", "none"),
+                            (f"DeepLab, scale schedule {plan.seg_schedule}", plan.seg_schedule)):
         out = run.out / "runs" / ("deeplab_" + ("plain" if schedule == "none" else "scheduled"))
         config = SegTrainConfig(
-            images=str(info.images), masks=f"{run.store}:masks", train_list=list(info.train_ids), out=str(out),
-            model="deeplabv2-resnet18-os16", classes=str(info.classes_path), scale_schedule=schedule,
-            epochs=plan.seg_epochs, batch_size=10, crop_size=min(info.image_size), optimizer="adamw", lr=1e-3,
-            head_lr_mult=1.0, pretrained="none", device=run.device, seed=run.seed, show_progress=run.progress,
-            resume=(out / "last.pt").is_file())
+            images=str(data.images), masks=f"{run.store}:masks", train_list=list(data.train_ids), out=str(out),
+            classes=str(data.classes_path), scale_schedule=schedule, device=run.device, seed=run.seed,
+            show_progress=run.progress, resume=(out / "last.pt").is_file(), **plan.seg)
         start = time.perf_counter()
         model = out / "model.pt"
         if not model.is_file():
             model = train_segmentation(config)
         seconds = time.perf_counter() - start
-        scores = segment_images(model, info.images, list(info.val_ids),
-                                SegmentConfig(out=out / "val_masks", gt=info.masks, scales=(1.0,), flip=True,
+        scores = segment_images(model, data.images, list(data.val_ids),
+                                SegmentConfig(out=out / "val_masks", gt=data.masks, scales=plan.seg_scales, flip=True,
                                               device=run.device, show_progress=run.progress))
         run.seg_rows.append({"row": label, "mIoU": 100 * scores["miou"],
                              "precision": 100 * scores.get("mean_precision", float("nan")),
@@ -191,9 +225,10 @@ def _deeplab_stage(run: DemoRun, plan: DemoPlan, info) -> None:
                              "val_masks": str(out / "val_masks")})
 
 
-def format_table(run: DemoRun) -> list[str]:
+def format_table(run: DemoRun, title: str | None = None) -> list[str]:
     """The result table (percent), map rows at their best-mIoU and precision-aware thresholds."""
-    lines = [f"pseudo-masks on the synthetic train split ({run.size}); maps scored over thresholds {SWEEP}",
+    lines = [title or f"pseudo-masks on the {run.dataset} train split ({run.size}); maps scored over thresholds "
+                      f"{SWEEP}",
              f"{'':38s} {'best thr':>8s} {'mIoU':>6s} {'prec':>6s} {'rec':>6s} | {'PA thr':>6s} {'mIoU':>6s} "
              f"{'prec':>6s} {'rec':>6s}"]
     for r in run.rows:
@@ -213,60 +248,64 @@ def format_table(run: DemoRun) -> list[str]:
     return lines
 
 
+def get_benchmark(dataset: str, size: str, data: str | Path | None) -> Benchmark:
+    """The benchmark of ``--dataset`` at ``--size`` (``msrc`` reads the raw MSRC-v2 folder ``data``)."""
+    if dataset == "synthetic":
+        if data is not None:
+            raise OrandError("--data is for --dataset msrc (the synthetic dataset is drawn, not read)")
+        from .synthetic.benchmark import SyntheticBenchmark
+
+        return SyntheticBenchmark(size)
+    if dataset == "msrc":
+        if data is None:
+            raise OrandError("--dataset msrc needs --data DIR: the raw MSRC-v2 folder (Images/, "
+                             "newsegmentations_mats/)")
+        from .msrc.benchmark import MsrcBenchmark
+
+        return MsrcBenchmark(size, data)
+    raise OrandError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+
+
 def run_demo(out: str | Path = "orand_demo", size: str = "default", seed: int = 0, device: str = "auto",
-             stop_after: str = "deeplab", progress: bool = True, echo: Callable[[str], None] = print) -> DemoRun:
-    """Run the demo into ``out`` up to ``stop_after``; returns the run (table rows, timings)."""
-    from ..classes import get_class_set
-    from ..fuse.stage import FuseOptions, run_fuse
-    from .synthetic import make_cams, make_dataset, resolve_size
+             stop_after: str = "deeplab", progress: bool = True, echo: Callable[[str], None] = print,
+             dataset: str = "synthetic", data: str | Path | None = None) -> DemoRun:
+    """Run the demo of ``dataset`` into ``out`` up to ``stop_after``; returns the run (table rows, timings)."""
+    import torch
 
     if stop_after not in STAGES:
         raise OrandError(f"unknown stage {stop_after!r}; valid: {', '.join(STAGES)}")
-    spec = resolve_size(size)
-    plan = plan_for(size)
-    run = DemoRun(Path(out), size=size, seed=seed, device=device, progress=progress, echo=echo)
+    bench = get_benchmark(dataset, size, data)
+    run = DemoRun(Path(out), size=size, seed=seed, device=device, progress=progress, echo=echo, dataset=dataset)
     last = STAGES.index(stop_after)
-    echo(f"orand-addon demo: size {size} ({spec.n_train} train + {spec.n_val} val images of "
-         f"{spec.height}x{spec.width}), output in {run.out}")
-    info = run.stage("data", lambda: make_dataset(run.out / "data", spec.n_train, spec.n_val, spec.image_size,
-                                                  seed=seed, show_progress=progress))
+    echo(f"orand-addon demo: {dataset}, {bench.header()}, output in {run.out}")
+    info = run.stage("data", lambda: bench.make_data(run))
+    state: dict = {}
     steps: list[tuple[str, Callable[[], object]]] = [
-        ("cams", lambda: make_cams(info.root, run.out / "cams", seed=seed, device=device,
-                                   epochs={"cnn": spec.cnn_epochs, "vit": spec.vit_epochs}, show_progress=progress)),
+        ("cams", lambda: state.setdefault("cams", bench.make_cams(run, info))),
+        ("fuse", lambda: _fuse_stage(run, bench, info, state["cams"])),
+        ("orandnet", lambda: _orandnet_stage(run, state["plan"])),
+        ("irn", lambda: _irn_stage(run, state["plan"], info)),
+        ("evaluate", lambda: _evaluate_stage(run, bench, info)),
+        ("deeplab", lambda: _deeplab_stage(run, state["plan"], info)),
     ]
-    cams: dict = {}
-
-    def fuse() -> None:
-        class_set = get_class_set(str(info.classes_path))
-        run_fuse([cams["cnn"], cams["vit"]], run.store, class_set, info.labels(),
-                 FuseOptions(formats=("amn", "mctformer"), keep_sources=True), ids=list(info.train_ids),
-                 command="orand-addon demo", progress=progress)
-
-    for index, (name, fn) in enumerate([
-        *steps,
-        ("fuse", fuse),
-        ("orandnet", lambda: _orandnet_stage(run, plan, info)),
-        ("irn", lambda: _irn_stage(run, plan, info)),
-        ("evaluate", lambda: _evaluate_stage(run, info)),
-        ("deeplab", lambda: _deeplab_stage(run, plan, info)),
-    ], start=1):
+    state["plan"] = bench.stage_plan(run, info)
+    for index, (name, fn) in enumerate(steps, start=1):
         if index > last:
             echo(f"stopped after '{stop_after}' (--stop-after)")
             break
-        result = run.stage(name, fn)
-        if name == "cams":
-            cams.update(result)
+        run.stage(name, fn)
     if run.rows:
         for line in format_table(run):
             echo(line)
-    record = {"size": size, "plan": asdict(plan), "seed": seed, "timings_s": run.timings, "rows": run.rows,
+    record = {"dataset": dataset, "size": size, **bench.record(), "seed": seed,
+              "torch_threads": torch.get_num_threads(), "timings_s": run.timings, "rows": run.rows,
               "deeplab": run.seg_rows, "machine": machine(device), "date": time.strftime("%Y-%m-%d %H:%M %z")}
     path = run.out / "results.json"
     record = keep_earlier(_read_json(path), record)
     path.write_text(json.dumps(record, indent=2) + "\n")
     echo(f"wrote {path}")
     if run.evaluations:
-        _write_report(run, record)
+        _write_report(run, record, info)
     return run
 
 

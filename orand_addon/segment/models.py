@@ -132,6 +132,18 @@ def _deeplabv2(arch: str, output_stride: int = 8) -> Callable[[int], tuple[nn.Mo
     return build
 
 
+def _deeplabv2_lite(arch: str) -> Callable[[int], tuple[nn.Module, nn.Module]]:
+    """DeepLab-v2 on an EfficientNet-Lite backbone at output stride 16 (its 1280-channel head features; ASPP
+    dilations halved as for ResNet at OS 16). The backbone takes ImageNet-normalised images like the others."""
+    def build(num_classes: int) -> tuple[nn.Module, nn.Module]:
+        from ..pretrained.efficientnet import LiteBackbone
+
+        backbone = LiteBackbone(arch, output_stride=16)
+        return backbone, ASPPv2(backbone.out_channels, num_classes, tuple(d // 2 for d in ASPP_DILATIONS))
+
+    return build
+
+
 def _deeplabv3(arch: str) -> Callable[[int], tuple[nn.Module, nn.Module]]:
     def build(num_classes: int) -> tuple[nn.Module, nn.Module]:
         from torchvision.models import segmentation
@@ -158,6 +170,10 @@ MODELS: dict[str, ModelSpec] = implementations(SEG_MODELS, {
     "deeplabv2-resnet18": ModelSpec(_deeplabv2("resnet18"), "resnet18", "light DeepLab-v2 on ResNet-18, OS 8"),
     "deeplabv2-resnet18-os16": ModelSpec(_deeplabv2("resnet18", 16), "resnet18",
                                          "lightest: ResNet-18 at OS 16, ASPP 3/6/9/12 (CPU demo, ~2.5x cheaper)"),
+    "deeplabv2-effnet-lite0": ModelSpec(_deeplabv2_lite("effnet-lite0"), "effnet-lite0",
+                                        "DeepLab-v2 on ImageNet EfficientNet-Lite0, OS 16"),
+    "deeplabv2-effnet-lite2": ModelSpec(_deeplabv2_lite("effnet-lite2"), "effnet-lite2",
+                                        "DeepLab-v2 on ImageNet EfficientNet-Lite2, OS 16"),
     "deeplabv3-resnet101": ModelSpec(_deeplabv3("resnet101"), "resnet101", "torchvision DeepLabV3, OS 8"),
     "deeplabv3-resnet50": ModelSpec(_deeplabv3("resnet50"), "resnet50", "torchvision DeepLabV3, OS 8"),
     "deeplabv1-resnet38": ModelSpec(build_deeplabv1_resnet38, "resnet38",
