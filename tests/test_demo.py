@@ -73,7 +73,8 @@ def test_demo_report_has_every_stage_times_colour_bar_legend_and_deeplab(tmp_pat
     import re
 
     from orand_addon.demo.report import write_demo_report
-    from orand_addon.demo.run import SWEEP, MAP_ROWS, _scores
+    from orand_addon.demo.run import SWEEP, _scores, map_rows
+    from orand_addon.demo.synthetic.benchmark import SyntheticBenchmark
     from orand_addon.demo.synthetic import load_dataset
     from orand_addon.evaluation.stage import evaluate
     from orand_addon.io.images import save_label_png
@@ -83,7 +84,7 @@ def test_demo_report_has_every_stage_times_colour_bar_legend_and_deeplab(tmp_pat
                "--no-progress").exit_code == 0
     info = load_dataset(out / "data")
     record = json.loads((out / "results.json").read_text())
-    labels = dict((kind, label) for label, kind in MAP_ROWS)
+    labels = dict((kind, label) for label, kind in map_rows(SyntheticBenchmark(TINY)))
     evaluations, rows = {}, []
     for kind in ("a", "b", "or"):
         result = evaluate(f"{out / 'fused.h5'}:{kind}", info.masks, ids=list(info.train_ids), sweep=SWEEP,
