@@ -14,10 +14,14 @@ MSRC_ENV = "ORAND_ADDON_MSRC"
 
 
 def msrc_root() -> Path:
-    """The raw MSRC-v2 folder named by ``$ORAND_ADDON_MSRC``; skips the test (with the reason) when unset/absent."""
+    """The raw MSRC-v2 folder named by ``$ORAND_ADDON_MSRC`` (else ``../shared/data/msrc-v2`` beside the repository);
+    skips the test (with the reason) when there is none."""
     import os
 
     value = os.environ.get(MSRC_ENV)
+    beside = Path(__file__).resolve().parents[3] / "shared" / "data" / "msrc-v2"  # next to the repository
+    if not value and beside.is_dir():
+        value = str(beside)
     if not value:
         pytest.skip(f"MSRC-v2 not available: set {MSRC_ENV} to the raw folder (Images/, newsegmentations_mats/), "
                     f"e.g. {MSRC_ENV}=../shared/data/msrc-v2")
