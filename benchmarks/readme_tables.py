@@ -5,7 +5,8 @@ the machine and the date they were measured on, so the README never drifts from 
     python benchmarks/readme_tables.py benchmarks/results/summary_default.json --write README.md
 
 ``--write FILE`` replaces what stands between ``<!-- readme_tables:NAME -->`` and ``<!-- /readme_tables:NAME -->``
-in FILE (NAME: ``demo``, the pseudo-mask and DeepLab tables with their header; ``losses``, the ORANDNet loss
+in FILE (NAME: ``demo``, the pseudo-mask and DeepLab tables with their header; ``msrc``, the same for a
+``--dataset msrc`` run; ``losses``, the ORANDNet loss
 comparison of a summary run with ``--losses``); blocks without markers are left alone, and the file is not touched
 when nothing changed. Percent with one decimal, as the demo prints them.
 """
@@ -18,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-BLOCKS = ("demo", "losses")
+BLOCKS = ("demo", "msrc", "losses")
 
 
 def _pct(value: float | None) -> str:
@@ -43,18 +44,24 @@ def _seconds(value: float) -> str:
 
 
 def where_measured(record: dict) -> str:
-    """One sentence: the size, the seed, the machine, the date and the stage times of a run."""
-    from orand_addon.demo.synthetic.sizes import resolve_size
-
-    size = resolve_size(record["size"])
+    """One sentence: the dataset and size, the seed, the machine, the date and the stage times of a run."""
     m = record.get("machine") or {}
     timings = record.get("timings_s", {})
     stages = ", ".join(f"{name} {_seconds(s)}" for name, s in timings.items())
     where = (f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('device', '?')}, torch {m.get('torch', '?')}"
              if m else "an unrecorded machine")
-    return (f"Measured with `orand-addon demo` (size `{record['size']}`: {size.n_train:,} train + {size.n_val:,} val "
-            f"images of {size.height}×{size.width} px, seed {record.get('seed', 0)}) on {where}, "
-            f"{record.get('date', 'undated')}; {_seconds(sum(timings.values()))} in all ({stages}).")
+    if record.get("dataset", "synthetic") == "msrc":
+        plan = record.get("plan", {})
+        what = (f"`orand-addon demo --dataset msrc` (size `{record['size']}`: {plan.get('n_train', '?')} train + "
+                f"{plan.get('n_val', '?')} val photos of MSRC-v2")
+    else:
+        from orand_addon.demo.synthetic.sizes import resolve_size
+
+        size = resolve_size(record["size"])
+        what = (f"`orand-addon demo` (size `{record['size']}`: {size.n_train:,} train + {size.n_val:,} val images of "
+                f"{size.height}×{size.width} px")
+    return (f"Measured with {what}, seed {record.get('seed', 0)}) on {where}, {record.get('date', 'undated')}; "
+            f"{_seconds(sum(timings.values()))} in all ({stages}).")
 
 
 def mask_table(record: dict) -> list[str]:
@@ -97,7 +104,8 @@ def blocks(record: dict) -> dict[str, str]:
     """The text of each README block this record fills."""
     demo = [where_measured(record), "", *mask_table(record)]
     seg = deeplab_table(record)
-    out = {"demo": "\n".join(demo + ([""] + seg if seg else []))}
+    name = "msrc" if record.get("dataset") == "msrc" else "demo"  # each dataset has its own README block
+    out = {name: "\n".join(demo + ([""] + seg if seg else []))}
     losses = loss_table(record)
     if losses:
         out["losses"] = "\n".join(losses)

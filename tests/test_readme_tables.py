@@ -64,3 +64,20 @@ def test_write_replaces_only_the_marked_blocks(tmp_path):
     (tmp_path / "empty.json").write_text('{"size": "ci", "rows": []}')
     res = tables(tmp_path / "empty.json")
     assert res.returncode == 2 and "has no table rows" in res.stderr
+
+
+def test_a_real_photo_run_fills_its_own_block_and_names_the_dataset(tmp_path):
+    record = json.loads(SUMMARY.read_text())
+    record.update(dataset="msrc", size="ci", plan={"n_train": 60, "n_val": 20}, losses=[])
+    (tmp_path / "r.json").write_text(json.dumps(record))
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- readme_tables:demo -->\nsynthetic\n<!-- /readme_tables:demo -->\n"
+                      "<!-- readme_tables:msrc -->\n<!-- /readme_tables:msrc -->\n")
+    res = tables(tmp_path / "r.json", "--write", readme)
+    assert res.returncode == 0 and "updated (blocks: msrc)" in res.stdout, res.stdout + res.stderr
+    text = readme.read_text()
+    assert "<!-- readme_tables:demo -->\nsynthetic\n" in text  # the synthetic block is left alone
+    assert ("<!-- readme_tables:msrc -->\nMeasured with `orand-addon demo --dataset msrc` (size `ci`: 60 train + 20 "
+            "val photos of MSRC-v2, seed 0)") in text
+    first = record["rows"][0]
+    assert f"| {first['row']} | {first['best_thres']:.2f} | {first['mIoU']:.1f} |" in text
