@@ -161,7 +161,8 @@ def test_ranks_skip_ids_of_the_main_store_and_refuse_other_parameters(cams, tmp_
     res = fuse_as_rank(monkeypatch, 0, 2, *fuse_args(cams, out, "--fusion-norm", "none"))
     assert res.exit_code == 2
     assert res.output.startswith(f"orand-addon: error: {out}: /or was written by ")
-    assert res.output.rstrip().endswith("with other parameters (--fusion-norm differ); use a new output file or --overwrite")
+    assert res.output.rstrip().endswith(
+        "with other parameters (--fusion-norm differ); use a new output file or --overwrite")
 
 
 def test_merge_refuses_shards_of_different_runs(cams, tmp_path):
@@ -171,7 +172,7 @@ def test_merge_refuses_shards_of_different_runs(cams, tmp_path):
     res = run("merge", "--out", out, s0, s1, "--no-progress")
     assert res.exit_code == 2
     assert res.output == (f"orand-addon: error: {s1}: /and was written with other parameters than in {s0} "
-                          f"(--fusion-norm differ); merge only the shards of one run\n")
+                          f"(normalize differ); merge only the shards of one run\n")
     assert not out.exists()
     odd = tmp_path / "odd.h5"
     with Store(odd, "a", class_names=["background", "cat", "dog"]) as s:

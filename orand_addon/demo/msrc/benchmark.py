@@ -141,7 +141,8 @@ class MsrcBenchmark:
         from ..run import StagePlan
 
         s = self.size
-        orandnet = TrainConfig(iterations=s.orandnet_iterations, lr=1e-3, loss=s.orandnet_loss, pretrained=self.vgg16,
+        orandnet = TrainConfig(iterations=s.orandnet_iterations, lr=1e-3, momentum=0.9, weight_decay=5e-4,
+                               loss=s.orandnet_loss, pretrained=self.vgg16,
                                arch="fcn8s-same", seed=run.seed, device=run.device,
                                checkpoint_every=max(10, s.orandnet_iterations // 5), progress=run.progress)
         irn = TrainOptions(crop_size=s.irn_crop, batch_size=min(s.irn_batch, s.n_train), epochs=s.irn_epochs,

@@ -93,7 +93,8 @@ class SyntheticBenchmark:
         from ..run import StagePlan
 
         p = self.plan
-        orandnet = TrainConfig(iterations=p.orandnet_iterations, lr=1e-2, loss="official", pretrained="none",
+        orandnet = TrainConfig(iterations=p.orandnet_iterations, lr=1e-2, momentum=0.9, weight_decay=5e-4,
+                               loss="official", pretrained="none",
                                arch="fcn8s-same", width_div=p.orandnet_width_div, seed=run.seed, device=run.device,
                                checkpoint_every=max(100, p.orandnet_iterations // 5), progress=run.progress)
         irn = TrainOptions(crop_size=min(info.image_size), batch_size=p.irn_batch, epochs=p.irn_epochs,
