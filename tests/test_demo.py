@@ -57,7 +57,7 @@ def test_demo_stops_after_fuse_with_the_native_sources_in_the_store(tmp_path):
     rerun = json.loads((out / "results.json").read_text())["timings_s"]
     shown = [float(line.split()[1]) for line in res.output.splitlines() if line.startswith("    cams: ")]
     assert rerun["cams"] == pytest.approx(record["timings_s"]["cams"] + shown[0], abs=0.051)
-    assert rerun["cams"] >= record["timings_s"]["cams"] > 1
+    assert rerun["cams"] >= record["timings_s"]["cams"] > 0  # kept, not replaced by the resume's time
 
 
 def test_unknown_size_is_one_line(tmp_path):
