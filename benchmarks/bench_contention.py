@@ -67,7 +67,8 @@ def make_inputs(work: Path) -> dict[str, list[str]]:
         "DeepLab train-seg (resnet18, 3 epochs of 2 steps)": [
             *cli, "train-seg", "--images", str(images), "--masks", str(masks), "--train-list", str(work / "ids.txt"),
             "--out", "{out}", "--model", "deeplabv2-resnet18", "--pretrained", "none", "--epochs", "3",
-            "--batch-size", "4", "--crop-size", "129", "--workers", "0", "--device", "cpu", "--no-progress"],
+            "--batch-size", "4", "--crop-size", "129", "--scale-schedule", "none", "--workers", "0", "--device", "cpu",
+            "--no-progress"],
     }
 
 
