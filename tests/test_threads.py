@@ -13,6 +13,7 @@ from orand_addon.runtime.threads import FairThreads
 
 
 def test_a_busy_neighbour_takes_a_thread_away_and_a_fixed_count_is_kept(monkeypatch):
+    monkeypatch.delenv("ORAND_ADDON_THREADS", raising=False)  # tests/conftest.py fixes it for the other tests
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"])
@@ -30,7 +31,8 @@ def test_a_busy_neighbour_takes_a_thread_away_and_a_fixed_count_is_kept(monkeypa
         torch.set_num_threads(before)
 
 
-def test_never_more_threads_than_torch_was_given():
+def test_never_more_threads_than_torch_was_given(monkeypatch):
+    monkeypatch.delenv("ORAND_ADDON_THREADS", raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

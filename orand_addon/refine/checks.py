@@ -56,3 +56,31 @@ def check_finite(image_id: str, array: np.ndarray, what: str) -> None:
         raise OrandError(f"{image_id}: {what} contain NaN or Inf")
 
 
+class ReadsStoreMaps:
+    """The plan, the checks and the store handle of a per-image stage that reads the ``/kind`` maps of its store
+    (IRN's seeds and walk): ``store_path``, ``kind``, ``images``, ``wanted`` (ids or None) set by the stage;
+    ``planned`` names the maps in the messages."""
+
+    planned = "the maps"
+    store_path: Path
+    kind: str
+    images: str
+    wanted: list[str] | None
+    _source: Store | None = None
+
+    def plan(self, source: Store | None) -> list[tuple[str, ...]]:
+        if source is None:
+            from ..errors import StoreError
+
+            raise StoreError(f"{self.store_path}: store not found")
+        return [(i,) for i in select_ids(source, self.kind, self.wanted, self.planned)]
+
+    def check(self, source: Store | None, ids: Sequence[str]) -> None:
+        check_images(self.images, ids, lambda i: source.map_shape(self.kind, i)[1:], f"/{self.kind} maps")
+
+    def setup(self) -> None:
+        self._source = Store(self.store_path)
+
+    def teardown(self) -> None:
+        if self._source is not None:
+            self._source.close()

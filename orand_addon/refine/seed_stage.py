@@ -23,7 +23,7 @@ from ..masks import maps_to_channels
 from ..runtime.distributed import DistInfo
 from ..runtime.workers import cpu_share
 from ..store.store import Store
-from .checks import check_finite, check_images, kind_parameters, select_ids
+from .checks import ReadsStoreMaps, check_finite, check_images, kind_parameters
 from .seeds import SeedOptions, seed_from_labels
 
 NO_FG = "no_foreground_seed"
@@ -63,8 +63,10 @@ def _result(image_id: str, seed: np.ndarray) -> ImageResult:
     return ImageResult(image_id, masks={"seeds": seed}, extra={"fg": fg})
 
 
-class SeedStage(_SeedsBase):
+class SeedStage(ReadsStoreMaps, _SeedsBase):
     """Seeds from the ``kind`` maps of the store (IRN's rule + dense CRF), computed in worker processes."""
+
+    planned = "the maps to seed from"
 
     name: ClassVar[str] = "seeds"
     parallel: ClassVar[bool] = True
@@ -79,21 +81,6 @@ class SeedStage(_SeedsBase):
         return {"source": "maps", "kind": self.kind, "fg_thres": self.options.fg_thres,
                 "bg_thres": self.options.bg_thres, "crf": asdict(self.options.crf),
                 "kind_parameters": kind_parameters(source, self.kind) if source is not None else None}
-
-    def plan(self, source: Store | None) -> list[tuple[str, ...]]:
-        if source is None:
-            raise StoreError(f"{self.store_path}: store not found")
-        return [(i,) for i in select_ids(source, self.kind, self.wanted, "the maps to seed from")]
-
-    def check(self, source: Store | None, ids: Sequence[str]) -> None:
-        check_images(self.images, ids, lambda i: source.map_shape(self.kind, i)[1:], f"/{self.kind} maps")
-
-    def setup(self) -> None:
-        self._source = Store(self.store_path)
-
-    def teardown(self) -> None:
-        if self._source is not None:
-            self._source.close()
 
     def compute(self, unit: tuple[str, ...]) -> list[ImageResult]:
         out = []

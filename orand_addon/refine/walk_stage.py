@@ -29,7 +29,7 @@ from ..io.images import load_image
 from ..masks import maps_to_mask
 from ..runtime.devices import autocast, resolve_precision
 from ..runtime.provenance import file_digest
-from .checks import check_finite, check_images, kind_parameters, select_ids
+from .checks import ReadsStoreMaps, check_finite, kind_parameters
 from .network import load_trained, normalize_image, predict_edge, trained_crop_size
 from .random_walk import prepare_cam, random_walk, walk_to_maps
 
@@ -60,9 +60,11 @@ def walk_one(model, image: np.ndarray, maps: np.ndarray, keys: np.ndarray, optio
     return out, maps_to_mask(out, keys, options.bg_thres)
 
 
-class WalkStage(Stage):
+class WalkStage(ReadsStoreMaps, Stage):
     """The random walk of the ``kind`` maps with a trained IRN into kind ``rw`` and ``/masks`` (on the device, in
     this process)."""
+
+    planned = "the maps to refine"
 
     name: ClassVar[str] = "walk"
 
@@ -87,21 +89,6 @@ class WalkStage(Stage):
         return {"kind": self.kind, "checkpoint": str(self.checkpoint.resolve()), "checkpoint_sha256": self._digest,
                 "kind_parameters": kind_parameters(source, self.kind) if source is not None else None,
                 **asdict(self.options)}
-
-    def plan(self, source: Store | None) -> list[tuple[str, ...]]:
-        if source is None:
-            raise StoreError(f"{self.store_path}: store not found")
-        return [(i,) for i in select_ids(source, self.kind, self.wanted, "the maps to refine")]
-
-    def check(self, source: Store | None, ids: Sequence[str]) -> None:
-        check_images(self.images, ids, lambda i: source.map_shape(self.kind, i)[1:], f"/{self.kind} maps")
-
-    def setup(self) -> None:
-        self._source = Store(self.store_path)
-
-    def teardown(self) -> None:
-        if self._source is not None:
-            self._source.close()
 
     def compute(self, unit: tuple[str, ...]) -> list[ImageResult]:
         out = []

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ...classes import ClassSet, ImageLabels, get_class_set, load_labels
+from ...datasets.folder import VocFolder
 from ...errors import OrandError
 from ...io.images import save_label_png
 from ...runtime.files import atomic_write, atomic_write_text
@@ -36,41 +36,11 @@ JPEG_QUALITY = 90
 
 
 @dataclass(frozen=True)
-class DatasetInfo:
-    """Where a synthetic dataset lives and what it holds."""
+class DatasetInfo(VocFolder):
+    """Where a synthetic dataset lives and what it holds: a VOC-layout folder whose images share one size."""
 
-    root: Path
-    class_names: tuple[str, ...]
-    train_ids: tuple[str, ...]
-    val_ids: tuple[str, ...]
     image_size: tuple[int, int]
     seed: int
-
-    @property
-    def images(self) -> Path:
-        return self.root / "JPEGImages"
-
-    @property
-    def masks(self) -> Path:
-        return self.root / "SegmentationClassAug"
-
-    @property
-    def labels_path(self) -> Path:
-        return self.root / "cls_labels.npy"
-
-    @property
-    def classes_path(self) -> Path:
-        return self.root / "classes.txt"
-
-    def list_path(self, split: str) -> Path:
-        """``ImageSets/Segmentation/<split>.txt`` (train_aug, train or val)."""
-        return self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
-
-    def class_set(self) -> ClassSet:
-        return get_class_set(str(self.classes_path))
-
-    def labels(self) -> ImageLabels:
-        return load_labels(self.labels_path, self.class_set())
 
 
 def image_id(split: str, index: int) -> str:
