@@ -18,7 +18,7 @@ import h5py
 import pytest
 from click.testing import CliRunner
 
-from helpers import assert_same_store, write_voc_mini_cams  # noqa: E402,F401
+from helpers import assert_same_store, two_source_dumps  # noqa: E402
 from orand_addon.cli import cli
 from orand_addon.store.journal import parts_dir, sealed_parts
 from orand_addon.store.store import Store
@@ -28,10 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def dumps(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dumps")
-    write_voc_mini_cams(root / "amn", "amn", seed=1)
-    write_voc_mini_cams(root / "mct", "mctformer", seed=2, blur=16)
-    return root
+    return two_source_dumps(tmp_path_factory.mktemp("dumps"))
 
 
 @pytest.fixture(scope="module")

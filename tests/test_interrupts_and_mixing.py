@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from helpers import voc_mini_ids, write_voc_mini_cams
+from helpers import two_source_dumps, voc_mini_ids
 from test_distributed import assert_same_store
 from test_orandnet_data import make_tiny_store
 from orand_addon.cli import cli
@@ -60,10 +60,7 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def dumps(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dumps")
-    write_voc_mini_cams(root / "amn", "amn", seed=1)
-    write_voc_mini_cams(root / "mct", "mctformer", seed=2, blur=16)
-    return root
+    return two_source_dumps(tmp_path_factory.mktemp("dumps"))
 
 
 @pytest.fixture(scope="module")

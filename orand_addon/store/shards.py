@@ -1,16 +1,8 @@
-"""Shards of a per-image stage and ``orand-addon merge``, which joins them into one store.
-
-Under torchrun (or any launcher that sets ``RANK``/``WORLD_SIZE``), rank ``r`` of ``w`` of ``fuse``/``predict``
-writes the ids ``shard(ids, r, w)`` into its own store ``STEM.rank{r}-of-{w}.h5`` next to the main store (HDF5
-allows one writer per file). A shard is an ordinary store (same layout, same group provenance as the one-process
-run) plus a root attribute ``shard`` (JSON: rank, world_size, planned ids, complete) that :func:`open_shard` and
-:func:`finish_shard` keep; it is flushed after every id, so a rank that is killed leaves a readable shard and its
-rerun redoes only the ids that are not in it.
-
-:func:`merge_shards` copies every dataset (bytes, dtype, chunks, compression and attributes as they are) and the
-group provenance into the main store, refusing shards of different runs (class names or parameters differ) and an
-id that two files hold with different content; ids already in the main store with the same content are skipped,
-so a merge is resumable and idempotent.
+"""Rank shards of a per-image stage under torchrun: rank ``r`` of ``w`` writes the ids ``shard(ids, r, w)`` into
+its own store ``STEM.rank{r}-of-{w}.h5`` next to the main store (HDF5 allows one writer per file). A shard is an
+ordinary store plus a root attribute ``shard`` (JSON: rank, world_size, planned ids, complete) that
+:func:`open_shard` and :func:`finish_shard` keep; it is flushed after every id, so a killed rank leaves a readable
+shard and its rerun redoes only the missing ids. :mod:`.merge` (``orand-addon merge``) joins the shards.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@
 """
 
 from .builders import (CLASS_COLOURS, SHRINK, add_empty_image, make_tiny_store, small_mask, small_voc, tiny_voc,
-                       voc_pairs, write_store)
+                       two_source_dumps, voc_pairs, write_store)
 from .cli import CTRL_C_AFTER, ctrl_c_during, run
 from .data import (DATA, GT, JPEG, VOC_MINI, gt_classes, gt_mask, one_torch_thread, pseudo_cams, voc_mini_ids,
                    write_voc_mini_cams)
@@ -23,7 +23,8 @@ from .stores import assert_same_store, complete_ids, ids_of, shard_complete, wri
 from .torchrun import DIST_ENV, free_port, loopback, one_process_env, torchrun
 
 __all__ = ["CLASS_COLOURS", "SHRINK", "add_empty_image", "make_tiny_store", "small_mask", "small_voc", "tiny_voc",
-           "voc_pairs", "write_store", "reference_bg_softmax", "reference_official", "written", "CTRL_C_AFTER", "ctrl_c_during", "run", "DATA", "GT", "JPEG", "VOC_MINI", "gt_classes", "gt_mask",
+           "two_source_dumps", "voc_pairs", "write_store", "reference_bg_softmax", "reference_official", "written",
+           "CTRL_C_AFTER", "ctrl_c_during", "run", "DATA", "GT", "JPEG", "VOC_MINI", "gt_classes", "gt_mask",
            "one_torch_thread", "pseudo_cams", "voc_mini_ids", "write_voc_mini_cams", "ref_mask", "ref_pairs",
            "ref_scores", "reference_or_and", "assert_same_store", "complete_ids", "ids_of", "shard_complete",
            "DIST_ENV", "free_port", "loopback", "one_process_env", "torchrun", "MSRC_ENV", "hed_weights", "msrc_root",

@@ -15,7 +15,7 @@ from orand_addon.io.images import load_label_png, save_label_png
 from orand_addon.io.writers import write_cam
 from orand_addon.store.store import Store
 
-from .data import JPEG, VOC_MINI, gt_classes, gt_mask, pseudo_cams, voc_mini_ids
+from .data import JPEG, VOC_MINI, gt_classes, gt_mask, pseudo_cams, voc_mini_ids, write_voc_mini_cams
 
 def make_tiny_store(root: Path, ids: list[str] | None = None, kinds: str = "or,and") -> Path:
     """A store with ``or``/``and`` (float32) of tiny VOC-mini pseudo-CAMs, fused by ``run_fuse``."""
@@ -105,3 +105,11 @@ def voc_pairs() -> list[tuple[str, Path, Path]]:
               for p in sorted((VOC_MINI / "voc513" / "images").glob("*.png"))]
     seen: set[str] = set()
     return [x for x in pairs if not (x[0] in seen or seen.add(x[0]))]
+
+
+def two_source_dumps(root: Path) -> Path:
+    """AMN and MCTformer dumps of the VOC-mini images under ``root`` (``amn/``, ``mct/``), as two methods write
+    them (different seeds and blur): the inputs of the fuse tests that compare a run with an uninterrupted one."""
+    write_voc_mini_cams(root / "amn", "amn", seed=1)
+    write_voc_mini_cams(root / "mct", "mctformer", seed=2, blur=16)
+    return root
