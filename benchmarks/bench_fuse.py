@@ -10,7 +10,9 @@ and MCTformer layouts, then measures in one run:
   interpreter and torch start-up included);
 * each with the files evicted from the page cache first (``posix_fadvise DONTNEED``: a real train_aug dump of
   ~40 GB does not fit in memory, so this is the realistic case) and with a warm cache (the best case for loading);
-* peak memory (max RSS of the fuse process and its workers) at N/4 and N, which must not grow with N.
+* peak memory (max RSS of the fuse process and its workers) at N/4 and N, which must not grow with N;
+* the write floor: writing as many bytes as the store holds to a new file (4 MB blocks, no fsync), the least any
+  fuse that writes this store can take on this disk.
 
 Prints a table and writes JSON. Usage: ``python benchmarks/bench_fuse.py [--n 1000] [--json PATH]``.
 """
@@ -115,6 +117,18 @@ def time_fuse(a: Path, b: Path, labels: Path, out: Path, workers: int, ids: Path
     return elapsed, peak
 
 
+def time_write_floor(path: Path, n_bytes: int) -> float:
+    """Writing ``n_bytes`` to a new file in 4 MB blocks (no fsync): what a new store of that size costs at least."""
+    block = os.urandom(4 << 20)
+    t0 = time.perf_counter()
+    with open(path, "wb") as fh:
+        for _ in range(max(1, n_bytes // len(block))):
+            fh.write(block)
+    elapsed = time.perf_counter() - t0
+    path.unlink()
+    return elapsed
+
+
 def warm(folders: list[Path]) -> None:
     """Read every file once: the next pass reads from the page cache (the best case for 'load only')."""
     for folder in folders:
@@ -165,11 +179,13 @@ def main() -> None:
         warm([a, b])
         _, peak_quarter = time_fuse(a, b, labels, root / "q.h5", 1, ids=quarter)
         store_mb = (root / "w1.h5").stat().st_size / 2**20
+        floor = time_write_floor(root / "floor.bin", (root / "w1.h5").stat().st_size)
         result = {
             "n_pairs": args.n, "image_size": [375, 500], "dump_mb": round(size_mb, 1), "store_mb": round(store_mb, 1),
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "generate_s": round(make_s, 1),
             "peak_rss_mb_n_quarter": round(peak_quarter / 1024),
+            "write_floor_s": round(floor, 2),
         }
         for cache in ("cold", "warm"):
             load, load_process = timings[f"load_{cache}"], timings[f"load_process_{cache}"]
@@ -201,6 +217,7 @@ def main() -> None:
                          f"({result[f'ratio_process_workers{w}_{cache}']}x as a process), "
                          f"{result[f'images_per_s_workers{w}_{cache}']} img/s, peak {result[f'peak_rss_mb_workers{w}_{cache}']} MB"))
     rows.append(("peak RSS of fuse at N/4 (workers 1)", f"{result['peak_rss_mb_n_quarter']} MB"))
+    rows.append(("write floor: the store's bytes to a new file", f"{result['write_floor_s']} s"))
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

@@ -22,3 +22,9 @@ os.environ["ORAND_ADDON_OFFLINE"] = "1"
 # each rank), instead of following the cores other processes leave free (the adaptation itself is tested in
 # tests/test_threads.py, which unsets this).
 os.environ.setdefault("ORAND_ADDON_THREADS", "1")
+
+# The heap settings of the command line (runtime/memory.py) for the tests that call it in this process (CliRunner
+# runs the click group, not main()) and for the processes they start.
+from orand_addon.runtime.memory import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()

@@ -24,7 +24,7 @@ from run import allowance, quality_metrics, regressions  # noqa: E402
 def test_ci_sized_demo_has_no_quality_regression(tmp_path):
     out = tmp_path / "summary.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--size", "ci", "--json", str(out),
-                           "--baseline", str(ROOT / "benchmarks" / "baseline_ci.json"), "--tolerance", "0.5",
+                           "--baseline", str(ROOT / "benchmarks" / "baseline_ci.json"), "--tolerance", "1.0",
                            "--relative", "0.05"],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

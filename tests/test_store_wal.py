@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from helpers import assert_same_store, voc_mini_ids, write_voc_mini_cams  # noqa: E402,F401
+from helpers import assert_same_store, leave_parts, voc_mini_ids, write_voc_mini_cams  # noqa: E402,F401
 from orand_addon.cli import cli
 from orand_addon.errors import StoreError
 from orand_addon.store import wal
@@ -132,6 +132,11 @@ def ids_in(path: Path, group: str) -> list[str]:
         return sorted(h5[group]) if group in h5 else []
 
 
+def new_ids(reference: Path, store: Path) -> list[str]:
+    """The ids of ``reference`` that ``store`` lacks, in order."""
+    return sorted(set(ids_in(reference, "or")) - set(ids_in(store, "or")))
+
+
 # -- (a) SIGKILL in the middle of a merge ------------------------------------------------------------------------
 
 KILL_AFTER_COPIES = """
@@ -153,9 +158,10 @@ def test_a_merge_killed_midway_keeps_the_earlier_command_s_data_and_the_rerun_co
     out = tmp_path / "s.h5"
     shutil.copy(earlier, out)
     before = contents(out)
-    # 5 new images in parts of 2 (or, and, mean each): the merge commits after every part (6 copies)
-    res = cli_process(fuse_args(dumps, out), prelude=KILL_AFTER_COPIES.replace("{n}", str(copies)),
-                      env={"ORAND_ADDON_SEAL_EVERY": "2"})
+    # a run with worker processes left the 5 new images in parts of 2 (or, and, mean each); the next run merges
+    # them before it starts, committing after every part (6 copies)
+    leave_parts(reference, out, new_ids(reference, out), per_part=2)
+    res = cli_process(fuse_args(dumps, out), prelude=KILL_AFTER_COPIES.replace("{n}", str(copies)))
     assert res.returncode == -signal.SIGKILL, res.stderr
     assert Path(wal.journal_path(out)).exists()  # the writer died with the store open
     committed = 2 * (copies // 6)  # images of the parts merged whole before the kill
@@ -191,9 +197,9 @@ def test_a_file_size_limit_during_a_merge_is_one_line_and_keeps_the_earlier_data
     out = tmp_path / "s.h5"
     shutil.copy(earlier, out)
     before = contents(out)
+    leave_parts(reference, out, new_ids(reference, out), per_part=2)  # as in the test above
     limit = out.stat().st_size + extra
-    res = cli_process(fuse_args(dumps, out), prelude=NO_PRECHECK + file_size_limit(limit),
-                      env={"ORAND_ADDON_SEAL_EVERY": "2"})
+    res = cli_process(fuse_args(dumps, out), prelude=NO_PRECHECK + file_size_limit(limit))
     assert res.returncode == 2, res.stderr
     assert res.stderr == (f"orand-addon: error: {out}: merging the finished images failed (File too large); they "
                           f"are kept in {parts_dir(out)} and the same command merges them once there is room\n")
@@ -208,6 +214,31 @@ def test_a_file_size_limit_during_a_merge_is_one_line_and_keeps_the_earlier_data
     assert res.exit_code == 0, res.output
     merged_line = f"merged {5 - merged} finished images left by an interrupted run into {out}"
     assert res.output.splitlines()[:2] == ["fused 0 images (11 already in the store)", merged_line]
+    assert_plain(out)
+    assert_same_store(reference, out, ignore=("command", "reports"))
+
+
+@pytest.mark.parametrize("extra", [1_000, 2_000_000, 5_000_000])
+def test_a_file_size_limit_while_one_process_writes_the_store_keeps_the_earlier_data_and_every_commit(
+        dumps, earlier, reference, tmp_path, extra):
+    out = tmp_path / "s.h5"
+    shutil.copy(earlier, out)
+    before = contents(out)
+    limit = out.stat().st_size + extra
+    res = cli_process(fuse_args(dumps, out), prelude=file_size_limit(limit), env={"ORAND_ADDON_SEAL_EVERY": "2"})
+    assert res.returncode == 2, res.stderr
+    assert res.stderr == (f"orand-addon: error: {out}: writing failed (File too large); the images written before "
+                          f"the last commit are kept and the same command resumes once there is room\n")
+    assert_plain(out)  # rolled back to its last commit at once
+    assert out.stat().st_size <= limit
+    assert_keeps(before, out, group_attrs=False)  # a first commit records this command in the groups
+    written = len(ids_in(out, "or")) - EARLIER_IDS
+    assert written in (0, 2, 4) and all(len(ids_in(out, g)) == EARLIER_IDS + written for g in ("and", "mean"))
+    assert not parts_dir(out).exists()
+
+    res = run(*fuse_args(dumps, out))
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[0] == f"fused {5 - written} images ({EARLIER_IDS + written} already in the store)"
     assert_plain(out)
     assert_same_store(reference, out, ignore=("command", "reports"))
 

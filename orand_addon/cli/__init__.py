@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from ..errors import OrandError, one_line
+from ..runtime.memory import keep_freed_memory
 from ..runtime.threads import passive_openmp
 
 # command name -> "module:attribute" (modules relative to this package)
@@ -204,6 +205,7 @@ TRACEBACK_ENV = "ORAND_ADDON_TRACEBACK"
 
 def main(argv: list[str] | None = None) -> None:
     passive_openmp()  # before torch is imported: idle OpenMP threads sleep instead of spinning (runtime/threads.py)
+    keep_freed_memory()  # the heap reuses what a training step frees instead of page-faulting it in again
     try:
         cli.main(args=argv, prog_name="orand-addon")
     except Exception as exc:  # not bad input (that is an OrandError): a bug, still one line unless asked

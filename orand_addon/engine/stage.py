@@ -12,14 +12,17 @@ A stage (fuse, predict, seeds, walk, segment) is a short subclass of :class:`Sta
 :func:`run_stage` owns everything else, written once:
 
 * **resume**: ids already in every group of the store (written with the same parameters) are skipped;
-* **durability** (:mod:`orand_addon.store.journal`): results go into sealed part files, merged into the store at
-  the end (a crash, SIGKILL or a full disk loses at most the images since the last seal; the next run repairs a
-  damaged store, drops unfinished parts and merges the finished ones before it starts); every write of the store
-  itself (the merge, the run's record, deleting stale groups) goes through its journal (:mod:`orand_addon.store.wal`),
-  so an interrupted one leaves the store at its last commit, and the next run finishes or rolls it back first;
+* **durability**: every write of the store goes through its journal (:mod:`orand_addon.store.wal`), so an
+  interrupted one leaves the store at its last commit, and the next run finishes or rolls it back first. A stage
+  that does not read the store it writes (fuse, :meth:`~Stage.writes_store_directly`) has the main process write
+  every result (its own, or those its workers send) straight into the store, a commit every ``seal_every`` images
+  or 30 s (:class:`~orand_addon.store.journal.StoreWriter`); the others write each process's results into sealed
+  part files, merged into the store at the end (:class:`~orand_addon.store.journal.PartWriter`). Either way a
+  crash, SIGKILL or a full disk loses at most the images since the last commit or seal; the next run repairs
+  a damaged store, drops unfinished parts and merges the finished ones before it starts;
 * **workers**: ``workers`` > 1 computes units in worker processes (forkserver, never fork) that write their own
-  parts; a worker that dies ends the run with one line (exit 2), Ctrl-C stops all of them (exit 130), and the
-  rerun resumes;
+  parts (or send their results, see above); a worker that dies ends the run with one line (exit 2), Ctrl-C stops
+  all of them (exit 130), and the rerun resumes;
 * **torchrun**: rank ``r`` of ``w`` takes ``shard(units, r, w)`` and writes its shard ``STEM.rank{r}-of-{w}.h5``
   (flushed after every unit), which ``orand-addon merge`` joins;
 * progress bar, memory release every few images, and the report (root provenance ``reports[stage]``).
@@ -45,8 +48,8 @@ from ..runtime.workers import WorkerDied, WorkerProcesses as worker_processes
 from ..runtime.progress import progress
 from ..runtime.threads import FairThreads
 from ..runtime.provenance import normalize, parameter_diff
-from ..store.journal import (SEAL_EVERY, GroupRecord, PartWriter, discard_open_parts, merge_parts, os_reason,
-                             sealed_parts, writing)
+from ..store.journal import (SEAL_EVERY, GroupRecord, PartWriter, StoreWriter, discard_open_parts, merge_parts,
+                             os_reason, sealed_parts, writing)
 from ..store.shards import finish_shard, open_shard, start_shard
 from ..store.store import Store
 
@@ -155,6 +158,12 @@ class Stage:
 
     def check(self, source: Store | None, ids: Sequence[str]) -> None:
         """Every check of the inputs of ``ids``, before anything is computed (one-line errors)."""
+
+    def writes_store_directly(self, store_path: Path) -> bool:
+        """Whether one process writes its results straight into the store (through its journal) instead of part
+        files merged at the end: only for a stage that does not read the store it writes while it computes (the
+        journaled writer holds the store's lock; a reader of the same file would be refused)."""
+        return False
 
     def done_elsewhere(self, image_id: str) -> bool:
         """Whether outputs outside the store (e.g. PNG files) are there too; False recomputes the image."""
@@ -324,7 +333,8 @@ def _run_one(stage: Stage, store_path: Path, options: RunOptions) -> StageReport
         plan.done = {i for i in plan.done if stage.done_elsewhere(i)}
         report.planned, report.skipped_existing = len(plan.ids), len(plan.done)
         records = {g: GroupRecord(stage.command, plan.parameters) for g in plan.groups}
-        spec = _WriterSpec(folder, plan.class_names, records, options.compression, options.seal_every, stage.dtype)
+        spec = _WriterSpec(store_path, folder, plan.class_names, records, options.compression, options.seal_every,
+                           stage.dtype, direct=stage.writes_store_directly(store_path))
         interrupted, error = False, None
         try:
             _compute(stage, plan, spec, options, report)
@@ -334,7 +344,11 @@ def _run_one(stage: Stage, store_path: Path, options: RunOptions) -> StageReport
             error = exc
         with deferred_interrupt() as held:  # the merge runs to its end: the store is closed consistently
             merged = merge_parts(store_path, sealed_parts(folder), plan.class_names, options.compression)
-            _record(store_path, stage, report)
+            try:
+                _record(store_path, stage, report)
+            except StoreError:
+                if error is None:
+                    raise  # else the first failure (e.g. a full disk while writing) is the one to report
     if interrupted or held.requested:  # Ctrl-C during the merge too: it stops the command (exit 130) once merged
         kept = max(report.written, merged.images)
         raise Interrupted(f"interrupted after {kept} of {len(plan.todo_ids)} images; {store_path} keeps them and "
@@ -388,40 +402,54 @@ def _record(store_path: Path, stage: Stage, report: StageReport) -> None:
 
 @dataclass(frozen=True)
 class _WriterSpec:
+    store_path: Path
     folder: Path
     class_names: list[str]
     records: dict[str, GroupRecord]
     compression: str
     seal_every: int
     dtype: str
+    direct: bool = False  # the main process writes every result into the store (Stage.writes_store_directly)
 
     def writer(self, name: str) -> PartWriter:
+        """A writer of sealed part files, merged into the store when the run ends."""
         return PartWriter(self.folder, name, self.class_names, self.records, self.compression, self.seal_every)
+
+    def store_writer(self) -> StoreWriter:
+        """The main process's writer when :attr:`direct`: into the store through its journal, a commit every few
+        images."""
+        return StoreWriter(self.store_path, self.class_names, self.records, self.compression, self.seal_every)
 
 
 def _compute(stage: Stage, plan: _Plan, spec: _WriterSpec, options: RunOptions, report: StageReport) -> None:
     todo = [(unit, tuple(i for i in unit if i in plan.done)) for unit in plan.todo]
     bar = progress(total=len(plan.todo_ids), desc=stage.name, unit="img", enabled=options.progress)
+    if stage.parallel and options.workers > 1 and len(todo) > 1:
+        results = _in_workers(stage, todo, spec, options.workers)
+    else:
+        results = _inline(stage, todo, spec)
     try:
-        if stage.parallel and options.workers > 1 and len(todo) > 1:
-            results = _in_workers(stage, todo, spec, options.workers)
-        else:
-            results = _inline(stage, todo, spec)
         for image_id, notes, extra in results:
-            stage.collect(ImageResult(image_id, notes=notes, extra=extra), report)
-            report.written += 1
+            report.written += 1  # it is written (Ctrl-C in collect() still counts it)
             bar.update(1)
+            stage.collect(ImageResult(image_id, notes=notes, extra=extra), report)
     finally:
+        results.close()  # now, whatever stopped the loop: the writer commits and closes before the merge
         bar.close()
 
 
-def _compute_unit(stage: Stage, unit: tuple[str, ...], skip: tuple[str, ...], writer: PartWriter,
-                  dtype: str, hold: bool = True) -> list[tuple]:
+def _compute_unit(stage: Stage, unit: tuple[str, ...], skip: tuple[str, ...],
+                  writer: PartWriter | StoreWriter | None, dtype: str, hold: bool = True
+                  ) -> list[tuple] | list[ImageResult]:
     """Compute one unit and write the images not in ``skip``; with ``hold`` (the main process) Ctrl-C waits until
-    an image is written whole (workers ignore Ctrl-C: the main process stops them between units)."""
+    an image is written whole (workers ignore Ctrl-C: the main process stops them between units). Without a
+    ``writer`` (a worker whose main process writes) the results themselves are returned."""
     out = []
     for result in stage.compute(unit):
         if result.image_id in skip:
+            continue
+        if writer is None:
+            out.append(result)
             continue
         with deferred_interrupt() if hold else contextlib.nullcontext(InterruptFlag()) as flag:
             writer.add(result.image_id, result.maps, result.masks, dtype=dtype)
@@ -433,8 +461,8 @@ def _compute_unit(stage: Stage, unit: tuple[str, ...], skip: tuple[str, ...], wr
 
 def _inline(stage: Stage, todo: Sequence[tuple[tuple[str, ...], tuple[str, ...]]], spec: _WriterSpec
             ) -> Iterator[tuple]:
-    """Compute in this process; what is written is sealed whatever stops the loop."""
-    writer = spec.writer(f"{stage.name}-{os.getpid()}")
+    """Compute in this process; what is written is committed (or sealed) whatever stops the loop."""
+    writer = spec.store_writer() if spec.direct else spec.writer(f"{stage.name}-{os.getpid()}")
     stage.setup()
     threads = FairThreads()
     try:
@@ -454,14 +482,14 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(stage: Stage, spec: _WriterSpec) -> None:
-    writer = spec.writer(f"{stage.name}-{os.getpid()}")
+    writer = None if spec.direct else spec.writer(f"{stage.name}-{os.getpid()}")
     stage.setup()
     _WORKER.update(stage=stage, writer=writer, dtype=spec.dtype, done=0)
-    # sealed when the worker exits normally (the pool shuts down): the last images are kept
-    multiprocessing.util.Finalize(writer, writer.close, exitpriority=10)
+    if writer is not None:  # sealed when the worker exits normally (the pool shuts down): the last images are kept
+        multiprocessing.util.Finalize(writer, writer.close, exitpriority=10)
 
 
-def _work(task: tuple[tuple[str, ...], tuple[str, ...]]) -> list[tuple] | OrandError:
+def _work(task: tuple[tuple[str, ...], tuple[str, ...]]) -> list[tuple] | list[ImageResult] | OrandError:
     unit, skip = task
     try:
         out = _compute_unit(_WORKER["stage"], unit, skip, _WORKER["writer"], _WORKER["dtype"], hold=False)
@@ -476,14 +504,25 @@ def _work(task: tuple[tuple[str, ...], tuple[str, ...]]) -> list[tuple] | OrandE
 def _in_workers(stage: Stage, units: Sequence[tuple[tuple[str, ...], tuple[str, ...]]], spec: _WriterSpec,
                 workers: int) -> Iterator[tuple]:
     """Compute in ``workers`` processes (:class:`~orand_addon.runtime.workers.WorkerProcesses`, at most two units
-    each in flight); results in completion order. On success or Ctrl-C the workers finish their unit and seal their
-    part; a worker that dies ends the run with one line (the others are stopped, what they sealed is kept)."""
+    each in flight); results in completion order. The workers write sealed parts, or with ``spec.direct`` send
+    their results to this process, which writes them into the store. On success or Ctrl-C the workers finish their
+    unit and seal their part; a worker that dies ends the run with one line (the others are stopped, what they
+    sealed and what this process wrote are kept)."""
+    writer = spec.store_writer() if spec.direct else None
     pool = worker_processes(workers, _work, _init_worker, (stage, spec))
     try:
         for (unit, _), out in pool.imap_unordered(units):
             if isinstance(out, OrandError):
                 raise out
-            yield from out
+            if writer is None:
+                yield from out
+                continue
+            for result in out:
+                with deferred_interrupt() as flag:
+                    writer.add(result.image_id, result.maps, result.masks, dtype=spec.dtype)
+                yield result.image_id, result.notes, result.extra
+                if flag.requested:
+                    raise KeyboardInterrupt
     except WorkerDied as died:
         pool.kill()
         unit = died.task[0] if died.task else ()
@@ -492,6 +531,9 @@ def _in_workers(stage: Stage, units: Sequence[tuple[tuple[str, ...], tuple[str, 
     except BaseException:
         pool.close(timeout=30)
         raise
+    finally:
+        if writer is not None:
+            writer.close()
     pool.close()
 
 

@@ -147,6 +147,11 @@ class FuseStage(Stage):
                 "sources": [{"name": SOURCE_NAMES[i], **ident} for i, ident in enumerate(self._identities)]}
 
     # -- what it computes ----------------------------------------------------------------------------------------
+    def writes_store_directly(self, store_path: Path) -> bool:
+        """Fuse reads only its sources: it writes the store itself, unless a source is a kind of that very store."""
+        target = Path(store_path).resolve()
+        return all(Path(getattr(s, "path", "")).resolve() != target for s in self._opened or ())
+
     def check(self, source, ids) -> None:
         """The class keys of a spread sample of each source's files against the class set, before anything is
         written (a dump made for another class set is refused at once; every file is checked when it is fused)."""

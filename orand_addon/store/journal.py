@@ -1,12 +1,16 @@
-"""Crash-safe writing: a run's results go into sealed *part files* next to the store and are merged into it when the
-run ends, or by the next run after a crash, a full disk or Ctrl-C.
+"""Crash-safe writing of a run's results: straight into the store through its journal (:class:`StoreWriter`, one
+process), or into sealed *part files* next to the store (:class:`PartWriter`, worker processes), merged into it when
+the run ends, or by the next run after a crash, a full disk or Ctrl-C.
 
 ::
 
-    fused.h5              the store: changed only by a merge, never while images are being computed
+    fused.h5              the store: written only through its journal (a commit is kept whatever happens)
     fused.h5.parts/       part files of a run in progress (or of one that was stopped):
         predict-w0-00003.h5         sealed: closed after its last image; intact whatever happens later
         predict-w0-00004.h5.open    being written; discarded by the next run if its writer died
+
+:class:`StoreWriter` commits every ``seal_every`` images or ``seal_seconds`` seconds, so a crash, a SIGKILL or a full
+disk loses at most the images since the last commit, and nothing committed before.
 
 A part is an ordinary store file (same class names, the group provenance of its stage). A writer seals its part
 every ``seal_every`` images or ``seal_seconds`` seconds, so a crash, a SIGKILL or a full disk loses at most the
@@ -181,6 +185,89 @@ class PartWriter:
                 store.close()
             with contextlib.suppress(OSError):
                 Path(store.path).unlink()
+
+
+class StoreWriter:
+    """Writes one process's results straight into the store through its journal (:mod:`.wal`), committing every
+    ``seal_every`` images or ``seal_seconds`` seconds: the same guarantee as sealed parts (a crash, a SIGKILL or a
+    full disk loses at most the images since the last commit, and never anything committed before), without
+    writing every image twice (part, then merge). The store is opened at the first image and closed by
+    :meth:`close` (a commit) or :meth:`abandon` (rolled back to the last commit)."""
+
+    def __init__(self, store_path: Path, class_names: Sequence[str], records: Mapping[str, GroupRecord],
+                 compression: str = "none", seal_every: int = SEAL_EVERY, seal_seconds: float = SEAL_SECONDS):
+        self.path = Path(store_path)
+        self.class_names = list(class_names)
+        self.records = dict(records)
+        self.compression = compression
+        self.seal_every, self.seal_seconds = max(1, seal_every), seal_seconds
+        self.committed = 0
+        self._store: Store | None = None
+        self._count = 0
+        self._since = 0.0
+
+    def _open(self) -> Store:
+        store = Store(self.path, mode="a", class_names=self.class_names, compression=self.compression, journal=True)
+        try:
+            for group, record in self.records.items():
+                store.begin([group], record.command, record.parameters)
+        except BaseException:
+            store._abandon()
+            raise
+        self._store, self._count, self._since = store, 0, time.monotonic()
+        return store
+
+    def add(self, image_id: str, maps: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+            masks: Mapping[str, np.ndarray] | None = None, dtype: str = "float16") -> None:
+        """Write one image's maps (kind -> (maps, keys)) and masks (group -> mask); commit when it is time."""
+        try:
+            store = self._store or self._open()
+            for kind, (values, keys) in (maps or {}).items():
+                store.write_maps(kind, image_id, values, keys, dtype=dtype)
+            for group, mask in (masks or {}).items():
+                store.write_mask(group, image_id, mask)
+        except (OSError, RuntimeError) as exc:
+            self._fail(exc)
+        self._count += 1
+        if self._count >= self.seal_every or time.monotonic() - self._since >= self.seal_seconds:
+            self.seal()
+
+    def seal(self) -> None:
+        """Commit what was written since the last commit (nothing to do when nothing was)."""
+        if self._store is None or not self._count:
+            return
+        try:
+            self._store.flush()
+        except (OSError, RuntimeError) as exc:
+            self._fail(exc)
+        self.committed += self._count
+        self._count, self._since = 0, time.monotonic()
+
+    def _fail(self, exc: BaseException) -> None:
+        self.abandon()
+        raise StoreError(f"{self.path}: writing failed ({os_reason(exc)}); the images written before "
+                         f"the last commit are kept and the same command resumes once there is room") from None
+
+    def close(self) -> None:
+        """Commit and close the store."""
+        store, self._store = self._store, None
+        if store is None:
+            return
+        try:
+            store.close()
+        except (OSError, RuntimeError) as exc:
+            raise StoreError(f"{self.path}: writing failed ({os_reason(exc)}); the images written before the last "
+                             f"commit are kept and the same command resumes once there is room") from None
+        self.committed += self._count
+        self._count = 0
+
+    def abandon(self) -> None:
+        """Close without committing (the store is rolled back to its last commit)."""
+        store, self._store = self._store, None
+        self._count = 0
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store._abandon()
 
 
 # -- merging ---------------------------------------------------------------------------------------------------

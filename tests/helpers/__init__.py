@@ -19,13 +19,14 @@ from .data import (DATA, GT, JPEG, VOC_MINI, gt_classes, gt_mask, one_torch_thre
 from .real import MSRC_ENV, hed_weights, msrc_root, require_real_extra
 from .references import (ref_mask, ref_pairs, ref_scores, reference_bg_softmax, reference_official,
                          reference_or_and)
-from .stores import assert_same_store, complete_ids, ids_of, shard_complete, written
+from .stores import assert_same_store, complete_ids, ids_of, leave_parts, shard_complete, written
 from .torchrun import DIST_ENV, free_port, loopback, one_process_env, torchrun
 
 __all__ = ["CLASS_COLOURS", "SHRINK", "add_empty_image", "make_tiny_store", "small_mask", "small_voc", "tiny_voc",
            "two_source_dumps", "voc_pairs", "write_store", "reference_bg_softmax", "reference_official", "written",
            "CTRL_C_AFTER", "ctrl_c_during", "run", "DATA", "GT", "JPEG", "VOC_MINI", "gt_classes", "gt_mask",
            "one_torch_thread", "pseudo_cams", "voc_mini_ids", "write_voc_mini_cams", "ref_mask", "ref_pairs",
-           "ref_scores", "reference_or_and", "assert_same_store", "complete_ids", "ids_of", "shard_complete",
+           "ref_scores", "reference_or_and", "assert_same_store", "complete_ids", "ids_of",
+           "leave_parts", "shard_complete",
            "DIST_ENV", "free_port", "loopback", "one_process_env", "torchrun", "MSRC_ENV", "hed_weights", "msrc_root",
            "require_real_extra"]

@@ -73,3 +73,21 @@ def written(log_dir: Path, rank: int, kind: str) -> list[str]:
     log = log_dir / f"rank{rank}.txt"
     lines = log.read_text().splitlines() if log.exists() else []
     return [line.split(" ", 1)[1] for line in lines if line.split(" ", 1)[0] == kind]
+
+
+def leave_parts(reference: Path, store: Path, ids: list[str], per_part: int) -> list[Path]:
+    """The sealed part files that a run with worker processes leaves next to ``store`` when it stops before its
+    merge: the entries ``ids`` of every group of ``reference``, ``per_part`` images per part, in that order; the
+    part files in merge order."""
+    from orand_addon.store.journal import GroupRecord, PartWriter, parts_dir
+
+    with Store(reference) as ref:
+        groups = ref.groups()
+        records = {g: GroupRecord(ref.group_provenance(g)["command"], ref.group_provenance(g)["parameters"])
+                   for g in groups}
+        writer = PartWriter(parts_dir(store), "fuse-w0", ref.class_names, records, seal_every=per_part)
+        for image_id in ids:
+            maps = {g: ref.read_maps(g, image_id) for g in groups}
+            writer.add(image_id, {g: (m.astype(np.float16), keys) for g, (m, keys) in maps.items()})
+        writer.close()
+    return writer.sealed

@@ -51,8 +51,8 @@ class MsrcSize:
 SIZES: dict[str, MsrcSize] = {
     "ci": MsrcSize(n_train=60, n_val=20, n_negatives=12, cam_scales=(1.0,), orandnet_iterations=30, irn_epochs=2,
                    irn_batch=16, seg_epochs=4, seg_schedule="4:1,2:1"),
-    "default": MsrcSize(n_train=160, n_val=116, n_negatives=32, cam_scales=(1.0,), orandnet_iterations=100,
-                        irn_epochs=3, irn_batch=16, seg_epochs=6, seg_schedule="4:1,2:1"),
+    "default": MsrcSize(n_train=120, n_val=116, n_negatives=32, cam_scales=(1.0,), orandnet_iterations=100,
+                        irn_epochs=3, irn_batch=16, seg_epochs=4, seg_schedule="4:1,2:1"),
     "full": MsrcSize(n_train=378, n_val=116, n_negatives=74, cam_scales=(1.0, 1.5, 2.0), orandnet_iterations=5000,
                      irn_epochs=40, irn_batch=32, seg_epochs=30, seg_schedule="8:2,4:2,2:2"),
 }
