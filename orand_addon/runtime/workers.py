@@ -193,14 +193,29 @@ class WorkerProcesses:
                 feed(i)
 
     def close(self, timeout: float = 60.0) -> None:
-        """Ask every worker to stop after its current task and wait for them (killing any that does not stop)."""
+        """Ask every worker to stop after its current task and wait for them (killing any that does not stop).
+        Results still on their way are read and dropped: a worker blocked sending a large one would never exit."""
+        import time
+        from multiprocessing.connection import wait
+
         for process, conn in self.workers:
             try:
                 conn.send(None)
             except (OSError, ValueError):
                 pass
+        deadline = time.monotonic() + timeout
+        open_conns = {conn: process for process, conn in self.workers}
+        while open_conns and time.monotonic() < deadline:
+            for conn in wait(list(open_conns), timeout=0.2):
+                try:
+                    conn.recv()
+                except (EOFError, OSError):
+                    open_conns.pop(conn, None)
+            for conn, process in list(open_conns.items()):
+                if not process.is_alive():
+                    open_conns.pop(conn)
         for process, conn in self.workers:
-            process.join(timeout)
+            process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join()
