@@ -172,7 +172,13 @@ class WorkerProcesses:
                 if task is _END:
                     exhausted = True
                     return
-                self.workers[i][1].send(task)
+                try:
+                    self.workers[i][1].send(task)
+                except OSError:  # the worker died after its last result (a broken pipe): as a failed receive
+                    process = self.workers[i][0]
+                    process.join(timeout=5)
+                    lost = in_flight[i][0] if in_flight[i] else task
+                    raise WorkerDied(process.pid, process.exitcode, lost) from None
                 in_flight[i].append(task)
 
         for i in range(len(self.workers)):

@@ -98,7 +98,42 @@ class GroupRecord:
     parameters: dict
 
 
-class PartWriter:
+class _ResultWriter:
+    """What both writers share: one image's results written into the open store (opened at the first image), and
+    a seal (or commit) every ``seal_every`` images or ``seal_seconds`` seconds."""
+
+    seal_every: int
+    seal_seconds: float
+    _store: Store | None
+    _count: int
+    _opened_at: float
+
+    def _open(self) -> Store:
+        raise NotImplementedError
+
+    def _fail(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def seal(self) -> None:
+        raise NotImplementedError
+
+    def add(self, image_id: str, maps: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+            masks: Mapping[str, np.ndarray] | None = None, dtype: str = "float16") -> None:
+        """Write one image's maps (kind -> (maps, keys)) and masks (group -> mask); seal when it is time."""
+        try:
+            store = self._store or self._open()
+            for kind, (values, keys) in (maps or {}).items():
+                store.write_maps(kind, image_id, values, keys, dtype=dtype)
+            for group, mask in (masks or {}).items():
+                store.write_mask(group, image_id, mask)
+        except (OSError, RuntimeError) as exc:
+            self._fail(exc)
+        self._count += 1
+        if self._count >= self.seal_every or time.monotonic() - self._opened_at >= self.seal_seconds:
+            self.seal()
+
+
+class PartWriter(_ResultWriter):
     """Writes one process's results into sealed part files of ``folder`` named ``{name}-{seq}.h5``.
 
     ``records``: group -> :class:`GroupRecord` of the groups this writer may write (every part carries them).
@@ -130,21 +165,6 @@ class PartWriter:
             store.begin([group], record.command, record.parameters)
         self._store, self._count, self._opened_at = store, 0, time.monotonic()
         return store
-
-    def add(self, image_id: str, maps: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-            masks: Mapping[str, np.ndarray] | None = None, dtype: str = "float16") -> None:
-        """Write one image's maps (kind -> (maps, keys)) and masks (group -> mask); seal when it is time."""
-        try:
-            store = self._store or self._open()
-            for kind, (values, keys) in (maps or {}).items():
-                store.write_maps(kind, image_id, values, keys, dtype=dtype)
-            for group, mask in (masks or {}).items():
-                store.write_mask(group, image_id, mask)
-        except (OSError, RuntimeError) as exc:
-            self._fail(exc)
-        self._count += 1
-        if self._count >= self.seal_every or time.monotonic() - self._opened_at >= self.seal_seconds:
-            self.seal()
 
     def seal(self) -> None:
         """Close the current part and give it its final name (nothing to do when none is open)."""
@@ -187,7 +207,7 @@ class PartWriter:
                 Path(store.path).unlink()
 
 
-class StoreWriter:
+class StoreWriter(_ResultWriter):
     """Writes one process's results straight into the store through its journal (:mod:`.wal`), committing every
     ``seal_every`` images or ``seal_seconds`` seconds: the same guarantee as sealed parts (a crash, a SIGKILL or a
     full disk loses at most the images since the last commit, and never anything committed before), without
@@ -204,7 +224,7 @@ class StoreWriter:
         self.committed = 0
         self._store: Store | None = None
         self._count = 0
-        self._since = 0.0
+        self._opened_at = 0.0
 
     def _open(self) -> Store:
         store = Store(self.path, mode="a", class_names=self.class_names, compression=self.compression, journal=True)
@@ -214,23 +234,8 @@ class StoreWriter:
         except BaseException:
             store._abandon()
             raise
-        self._store, self._count, self._since = store, 0, time.monotonic()
+        self._store, self._count, self._opened_at = store, 0, time.monotonic()
         return store
-
-    def add(self, image_id: str, maps: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
-            masks: Mapping[str, np.ndarray] | None = None, dtype: str = "float16") -> None:
-        """Write one image's maps (kind -> (maps, keys)) and masks (group -> mask); commit when it is time."""
-        try:
-            store = self._store or self._open()
-            for kind, (values, keys) in (maps or {}).items():
-                store.write_maps(kind, image_id, values, keys, dtype=dtype)
-            for group, mask in (masks or {}).items():
-                store.write_mask(group, image_id, mask)
-        except (OSError, RuntimeError) as exc:
-            self._fail(exc)
-        self._count += 1
-        if self._count >= self.seal_every or time.monotonic() - self._since >= self.seal_seconds:
-            self.seal()
 
     def seal(self) -> None:
         """Commit what was written since the last commit (nothing to do when nothing was)."""
@@ -241,7 +246,7 @@ class StoreWriter:
         except (OSError, RuntimeError) as exc:
             self._fail(exc)
         self.committed += self._count
-        self._count, self._since = 0, time.monotonic()
+        self._count, self._opened_at = 0, time.monotonic()
 
     def _fail(self, exc: BaseException) -> None:
         self.abandon()
