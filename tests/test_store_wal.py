@@ -132,6 +132,17 @@ def ids_in(path: Path, group: str) -> list[str]:
         return sorted(h5[group]) if group in h5 else []
 
 
+def rolled_back_to_a_commit(before: dict, path: Path, limit: int, group_attrs: bool = True) -> int:
+    """After a file-size limit: the store is one plain file within the limit, holds what it held ``before`` and the
+    same new ids in every group, a whole number of 2-image commits; returns how many new ids."""
+    assert_plain(path)  # rolled back to its last commit at once: no journal, no tail past the committed end
+    assert path.stat().st_size <= limit
+    assert_keeps(before, path, group_attrs=group_attrs)
+    added = len(ids_in(path, "or")) - EARLIER_IDS
+    assert added in (0, 2, 4) and all(len(ids_in(path, g)) == EARLIER_IDS + added for g in ("and", "mean"))
+    return added
+
+
 def new_ids(reference: Path, store: Path) -> list[str]:
     """The ids of ``reference`` that ``store`` lacks, in order."""
     return sorted(set(ids_in(reference, "or")) - set(ids_in(store, "or")))
@@ -203,11 +214,7 @@ def test_a_file_size_limit_during_a_merge_is_one_line_and_keeps_the_earlier_data
     assert res.returncode == 2, res.stderr
     assert res.stderr == (f"orand-addon: error: {out}: merging the finished images failed (File too large); they "
                           f"are kept in {parts_dir(out)} and the same command merges them once there is room\n")
-    assert_plain(out)  # rolled back to its last commit at once: no journal, no tail past the committed end
-    assert out.stat().st_size <= limit
-    assert_keeps(before, out)
-    merged = len(ids_in(out, "or")) - EARLIER_IDS
-    assert merged in (0, 2, 4) and all(len(ids_in(out, g)) == EARLIER_IDS + merged for g in ("and", "mean"))
+    merged = rolled_back_to_a_commit(before, out, limit)
     assert len(sealed_parts(parts_dir(out))) == 3
 
     res = run(*fuse_args(dumps, out))
@@ -229,11 +236,7 @@ def test_a_file_size_limit_while_one_process_writes_the_store_keeps_the_earlier_
     assert res.returncode == 2, res.stderr
     assert res.stderr == (f"orand-addon: error: {out}: writing failed (File too large); the images written before "
                           f"the last commit are kept and the same command resumes once there is room\n")
-    assert_plain(out)  # rolled back to its last commit at once
-    assert out.stat().st_size <= limit
-    assert_keeps(before, out, group_attrs=False)  # a first commit records this command in the groups
-    written = len(ids_in(out, "or")) - EARLIER_IDS
-    assert written in (0, 2, 4) and all(len(ids_in(out, g)) == EARLIER_IDS + written for g in ("and", "mean"))
+    written = rolled_back_to_a_commit(before, out, limit, group_attrs=False)  # a first commit records this command
     assert not parts_dir(out).exists()
 
     res = run(*fuse_args(dumps, out))

@@ -102,11 +102,17 @@ class _ResultWriter:
     """What both writers share: one image's results written into the open store (opened at the first image), and
     a seal (or commit) every ``seal_every`` images or ``seal_seconds`` seconds."""
 
+    records: dict[str, GroupRecord]
     seal_every: int
     seal_seconds: float
     _store: Store | None
     _count: int
     _opened_at: float
+
+    def _begin(self, store: Store) -> None:
+        """The group provenance of every group this writer may write."""
+        for group, record in self.records.items():
+            store.begin([group], record.command, record.parameters)
 
     def _open(self) -> Store:
         raise NotImplementedError
@@ -161,8 +167,7 @@ class PartWriter(_ResultWriter):
         while (self.folder / f"{self.name}-{self._seq:05d}.h5").exists() or self._open_path.exists():
             self._seq += 1
         store = Store(self._open_path, mode="a", class_names=self.class_names, compression=self.compression)
-        for group, record in self.records.items():
-            store.begin([group], record.command, record.parameters)
+        self._begin(store)
         self._store, self._count, self._opened_at = store, 0, time.monotonic()
         return store
 
@@ -221,7 +226,6 @@ class StoreWriter(_ResultWriter):
         self.records = dict(records)
         self.compression = compression
         self.seal_every, self.seal_seconds = max(1, seal_every), seal_seconds
-        self.committed = 0
         self._store: Store | None = None
         self._count = 0
         self._opened_at = 0.0
@@ -229,8 +233,7 @@ class StoreWriter(_ResultWriter):
     def _open(self) -> Store:
         store = Store(self.path, mode="a", class_names=self.class_names, compression=self.compression, journal=True)
         try:
-            for group, record in self.records.items():
-                store.begin([group], record.command, record.parameters)
+            self._begin(store)
         except BaseException:
             store._abandon()
             raise
@@ -245,13 +248,15 @@ class StoreWriter(_ResultWriter):
             self._store.flush()
         except (OSError, RuntimeError) as exc:
             self._fail(exc)
-        self.committed += self._count
         self._count, self._opened_at = 0, time.monotonic()
+
+    def _failed(self, exc: BaseException) -> StoreError:
+        return StoreError(f"{self.path}: writing failed ({os_reason(exc)}); the images written before the last "
+                          f"commit are kept and the same command resumes once there is room")
 
     def _fail(self, exc: BaseException) -> None:
         self.abandon()
-        raise StoreError(f"{self.path}: writing failed ({os_reason(exc)}); the images written before "
-                         f"the last commit are kept and the same command resumes once there is room") from None
+        raise self._failed(exc) from None
 
     def close(self) -> None:
         """Commit and close the store."""
@@ -261,9 +266,7 @@ class StoreWriter(_ResultWriter):
         try:
             store.close()
         except (OSError, RuntimeError) as exc:
-            raise StoreError(f"{self.path}: writing failed ({os_reason(exc)}); the images written before the last "
-                             f"commit are kept and the same command resumes once there is room") from None
-        self.committed += self._count
+            raise self._failed(exc) from None
         self._count = 0
 
     def abandon(self) -> None:
