@@ -10,12 +10,20 @@ value)`` (defaults 0.5 points, 5 %; speed is recorded, never gated: CI machines 
 relative to each row: a flat 2 points let rows below 2 (the ci demo's DeepLab mIoU is 1.6) fall to 0 unnoticed,
 while a 57-point row is allowed 2.9. The 0.5-point floor covers float-level noise of rows near 0. ``--write-baseline
 F`` stores this run's quality numbers (and the tolerance) as the new baseline.
+
+The demo trains its networks from scratch, so the last bits of a float reduction grow into points of mIoU by the
+IRN and DeepLab rows, and those bits depend on the vector instructions torch, MKL and oneDNN choose for the CPU: the
+same commit gave 1.39 and 1.73 DeepLab mIoU on an AVX-512 and an AVX2 machine. ``--cpu-isa avx2`` (the default)
+caps all three at AVX2 before torch is imported, so x86-64 machines with AVX2 compute (nearly) the same floats: on
+an AVX-512 machine it reproduced 33 of the 36 numbers of an AVX2 machine's baseline exactly and the other 3 within
+0.5 points, for about 8 % more time (``MKL_CBWR=AVX2`` instead matched only 22). ``native`` lets each library pick. The baseline records the setting, and a run with another one is refused.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -49,6 +57,21 @@ def quality_metrics(record: dict) -> dict[str, float]:
             if metric in row and row[metric] == row[metric]:  # skip NaN
                 out[f"{row['row']} {metric}"] = round(float(row[metric]), 2)
     return out
+
+
+# environment variables that cap each library's vector instructions; read when torch is imported
+CPU_ISA = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, "native": {}}
+
+
+def pin_cpu_isa(isa: str) -> None:
+    """Cap torch's, MKL's and oneDNN's vector instructions (see the module docstring); before torch is imported.
+
+    >>> CPU_ISA["avx2"]["MKL_ENABLE_INSTRUCTIONS"], CPU_ISA["native"]
+    ('AVX2', {})
+    """
+    if "torch" in sys.modules and CPU_ISA[isa]:
+        raise RuntimeError("pin_cpu_isa must run before torch is imported")
+    os.environ.update(CPU_ISA[isa])
 
 
 TOLERANCE_POINTS = 0.5
@@ -147,7 +170,18 @@ def main() -> int:
     parser.add_argument("--relative", type=float, default=TOLERANCE_RELATIVE,
                         help=f"allowed drop as a fraction of each baseline value (default {TOLERANCE_RELATIVE})")
     parser.add_argument("--write-baseline", type=Path, default=None)
+    parser.add_argument("--cpu-isa", choices=list(CPU_ISA), default="avx2",
+                        help="vector instructions of torch/MKL/oneDNN: avx2 (the same floats on every AVX2 machine; "
+                             "default) or native")
     args = parser.parse_args()
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    if baseline and baseline.get("cpu_isa", "native") != args.cpu_isa:
+        print(f"{args.baseline} was measured with --cpu-isa {baseline.get('cpu_isa', 'native')}, this run would use "
+              f"{args.cpu_isa}: their numbers differ by more than the tolerance", file=sys.stderr)
+        return 2
+    pin_cpu_isa(args.cpu_isa)
+
+    import torch
 
     from orand_addon.demo.run import machine, run_demo
 
@@ -158,7 +192,8 @@ def main() -> int:
                         echo=lambda line: print(line, flush=True))
         record = {"size": args.size, "seed": args.seed, "demo_seconds": round(time.perf_counter() - start, 1),
                   "timings_s": demo.timings, "rows": demo.rows, "deeplab": demo.seg_rows, "machine": machine("cpu"),
-                  "date": time.strftime("%Y-%m-%d %H:%M %z")}
+                  "cpu_isa": args.cpu_isa,
+                  "cpu_capability": torch.backends.cpu.get_cpu_capability(), "date": time.strftime("%Y-%m-%d %H:%M %z")}
         if args.losses:
             record["losses"] = loss_rows(workdir, args.size, [x for x in args.losses.split(",") if x], args.seed)
             for row in record["losses"]:
@@ -175,12 +210,11 @@ def main() -> int:
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
     if args.write_baseline:
-        args.write_baseline.write_text(json.dumps({"size": args.size, "seed": args.seed, "tolerance": args.tolerance,
-                                                   "relative": args.relative, "quality": record["quality"]},
+        args.write_baseline.write_text(json.dumps({"size": args.size, "seed": args.seed, "cpu_isa": args.cpu_isa,
+                                                   "tolerance": args.tolerance, "relative": args.relative, "quality": record["quality"]},
                                                   indent=2) + "\n")
         print(f"wrote baseline {args.write_baseline}")
-    if args.baseline:
-        baseline = json.loads(args.baseline.read_text())
+    if baseline:
         failed = regressions(record["quality"], baseline["quality"], args.tolerance, args.relative)
         rule = f"tolerance max({args.tolerance} points, {100 * args.relative:g} % of the row)"
         if failed:

@@ -32,11 +32,23 @@ def test_ci_sized_demo_has_no_quality_regression(tmp_path):
     record = json.loads(out.read_text())
     baseline = json.loads((ROOT / "benchmarks" / "baseline_ci.json").read_text())["quality"]
     assert set(baseline) <= set(record["quality"])
+    # the vector instructions were capped before torch was imported (docs/decisions.md item 11)
+    assert record["cpu_isa"] == "avx2" and record["cpu_capability"] in ("AVX2", "DEFAULT"), record["cpu_capability"]
     # the rows the paper's Table 1 has, each scored
     rows = [r["row"] for r in record["rows"]]
     assert rows[:7] == ["CNN CAM (AMN dump)", "ViT CAM (MCTformer dump)", "naive mean", "OR", "AND", "ORANDNet",
                         "ORANDNet + IRN"]
     assert len(record["deeplab"]) == 2
+
+
+def test_a_baseline_of_another_instruction_set_is_refused_in_one_line(tmp_path):
+    baseline = tmp_path / "native.json"
+    baseline.write_text(json.dumps({"size": "ci", "cpu_isa": "native", "quality": {"OR mIoU": 40.0}}))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--baseline", str(baseline)],
+                          check=False, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"{baseline} was measured with --cpu-isa native, this run would use avx2: their numbers "
+                           "differ by more than the tolerance\n")
 
 
 def test_gate_names_the_metrics_that_fell():

@@ -57,7 +57,7 @@ def test_the_table_has_every_row_and_the_ci_sizes(demo):
     for row in record["rows"] + record["deeplab"]:
         assert f"{row['row']:38s}" in output and f"{row['mIoU']:6.1f}" in output
     train, val = read_id_list(out / "lists" / "train.txt"), read_id_list(out / "lists" / "val.txt")
-    assert (len(train), len(val), record["dataset"], record["plan"]["orandnet_iterations"]) == (60, 20, "msrc", 30)
+    assert (len(train), len(val), record["dataset"], record["plan"]["orandnet_iterations"]) == (40, 20, "msrc", 20)
     assert (out / "report" / "index.html").is_file()
 
 

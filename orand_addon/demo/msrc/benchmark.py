@@ -49,7 +49,7 @@ class MsrcSize:
 
 
 SIZES: dict[str, MsrcSize] = {
-    "ci": MsrcSize(n_train=60, n_val=20, n_negatives=12, cam_scales=(1.0,), orandnet_iterations=30, irn_epochs=2,
+    "ci": MsrcSize(n_train=40, n_val=20, n_negatives=8, cam_scales=(1.0,), orandnet_iterations=20, irn_epochs=2,
                    irn_batch=16, seg_epochs=4, seg_schedule="4:1,2:1"),
     "default": MsrcSize(n_train=120, n_val=116, n_negatives=32, cam_scales=(1.0,), orandnet_iterations=100,
                         irn_epochs=3, irn_batch=16, seg_epochs=4, seg_schedule="4:1,2:1"),
