@@ -75,7 +75,7 @@ def bench_training(arch: str, width_div: int, size: tuple[int, int], maps: int, 
     loss = get_loss("official")
     seconds = timed(lambda: train_step(model, optimizer, scaler, batch, loss, 1e-3, device, precision),
                     device, repeats, warmup)
-    del model, optimizer
+    model = optimizer = None  # free them (the timed lambda keeps the names)
     return 1000 * seconds
 
 
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> dict:
             rows.append({"arch": arch, "what": "inference", "precision": precision, "batch": batch,
                          "ms_per_map": round(ms, 3),
                          "anchor_h200_ms": ANCHORS_H200_MS.get((precision, batch)) if gpu else None})
-        del model
+        model = None
         precision = half if gpu else "fp32"
         ms = bench_training(arch, args.width_div, size, args.train_maps, precision, device, repeats, warmup)
         rows.append({"arch": arch, "what": "training", "precision": precision, "batch": args.train_maps,

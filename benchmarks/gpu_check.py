@@ -99,7 +99,7 @@ def check_orandnet(device: torch.device, size: tuple[int, int], width_div: int, 
             rows.append({"what": "orandnet bf16 vs fp32", "arch": arch,
                          "max_abs_diff_maps": round(float((predict_maps(model, maps, 16, device, low)
                                                            - reference).abs().max()), 5)})
-        del model
+        model = None
         torch.manual_seed(0)
         model = FCN8s(arch, width_div).to(device).train()
         optimizer = make_optimizer(model, TrainConfig())
@@ -109,7 +109,7 @@ def check_orandnet(device: torch.device, size: tuple[int, int], width_div: int, 
         ms = timed_ms(lambda: train_step(model, optimizer, scaler, batch, loss, 1e-3, device, low), device, repeats, 1)
         rows.append({"what": "orandnet training", "arch": arch, "precision": low, "maps": 2,
                      "ms_per_iteration": round(ms, 1)})
-        del model, optimizer
+        model = optimizer = None
     return rows
 
 
@@ -179,7 +179,7 @@ def check_deeplab(device: torch.device, batch: int, crop: int, repeats: int, ima
             sync(device)
             rows.append({"what": "segment", "model": name, "scales": len(scales), "flip": flip,
                          "images_per_s": round(len(pictures) / (time.perf_counter() - start), 2)})
-        del net, optimizer
+        net = optimizer = None
     return rows
 
 

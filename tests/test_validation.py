@@ -127,8 +127,8 @@ def test_train_seg_defaults_to_the_ids_present_and_says_how_many_listed_ids_are_
     res = run(*args[:4], store, *args[5:6], tmp_path / "run2", *args[7:], "--gt", tiny["masks"], "--val-list",
               tiny["list"], "--batch-size", 9, "--epochs", 0)
     assert res.output == (
-        f"orand-addon: error: 2 problems (nothing was started): 1) --batch-size 9: more than the 5 training images "
-        f"(use a smaller --batch-size); 2) --epochs 0 must be at least 1\n")
+        "orand-addon: error: 2 problems (nothing was started): 1) --batch-size 9: more than the 5 training images "
+        "(use a smaller --batch-size); 2) --epochs 0 must be at least 1\n")
     assert not (tmp_path / "run2").exists()
 
 

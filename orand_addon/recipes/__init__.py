@@ -19,7 +19,6 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from ..errors import OrandError
 from ..registries import RECIPES, check_choice
 
 RECIPE_DIR = Path(__file__).resolve().parent
