@@ -16,7 +16,8 @@ IRN and DeepLab rows, and those bits depend on the vector instructions torch, MK
 same commit gave 1.39 and 1.73 DeepLab mIoU on an AVX-512 and an AVX2 machine. ``--cpu-isa avx2`` (the default)
 caps all three at AVX2 before torch is imported, so x86-64 machines with AVX2 compute (nearly) the same floats: on
 an AVX-512 machine it reproduced 33 of the 36 numbers of an AVX2 machine's baseline exactly and the other 3 within
-0.5 points, for about 8 % more time (``MKL_CBWR=AVX2`` instead matched only 22). ``native`` lets each library pick. The baseline records the setting, and a run with another one is refused.
+0.5 points, for about 8 % more time (``MKL_CBWR=AVX2`` instead matched only 22). ``native`` lets each library
+pick. The baseline records the setting, and a run with another one is refused.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def quality_metrics(record: dict) -> dict[str, float]:
 
 
 # environment variables that cap each library's vector instructions; read when torch is imported
-CPU_ISA = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}, "native": {}}
+CPU_ISA = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+           "native": {}}
 
 
 def pin_cpu_isa(isa: str) -> None:
@@ -175,9 +177,10 @@ def main() -> int:
                              "default) or native")
     args = parser.parse_args()
     baseline = json.loads(args.baseline.read_text()) if args.baseline else None
-    if baseline and baseline.get("cpu_isa", "native") != args.cpu_isa:
-        print(f"{args.baseline} was measured with --cpu-isa {baseline.get('cpu_isa', 'native')}, this run would use "
-              f"{args.cpu_isa}: their numbers differ by more than the tolerance", file=sys.stderr)
+    measured_isa = baseline.get("cpu_isa", "native") if baseline else args.cpu_isa
+    if measured_isa != args.cpu_isa:
+        print(f"{args.baseline} was measured with --cpu-isa {measured_isa}, this run would use {args.cpu_isa}: rerun "
+              f"with --cpu-isa {measured_isa}, or write a new baseline with --write-baseline", file=sys.stderr)
         return 2
     pin_cpu_isa(args.cpu_isa)
 
@@ -192,8 +195,8 @@ def main() -> int:
                         echo=lambda line: print(line, flush=True))
         record = {"size": args.size, "seed": args.seed, "demo_seconds": round(time.perf_counter() - start, 1),
                   "timings_s": demo.timings, "rows": demo.rows, "deeplab": demo.seg_rows, "machine": machine("cpu"),
-                  "cpu_isa": args.cpu_isa,
-                  "cpu_capability": torch.backends.cpu.get_cpu_capability(), "date": time.strftime("%Y-%m-%d %H:%M %z")}
+                  "cpu_isa": args.cpu_isa, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                  "date": time.strftime("%Y-%m-%d %H:%M %z")}
         if args.losses:
             record["losses"] = loss_rows(workdir, args.size, [x for x in args.losses.split(",") if x], args.seed)
             for row in record["losses"]:
@@ -211,8 +214,8 @@ def main() -> int:
     print(f"wrote {out}")
     if args.write_baseline:
         args.write_baseline.write_text(json.dumps({"size": args.size, "seed": args.seed, "cpu_isa": args.cpu_isa,
-                                                   "tolerance": args.tolerance, "relative": args.relative, "quality": record["quality"]},
-                                                  indent=2) + "\n")
+                                                   "tolerance": args.tolerance, "relative": args.relative,
+                                                   "quality": record["quality"]}, indent=2) + "\n")
         print(f"wrote baseline {args.write_baseline}")
     if baseline:
         failed = regressions(record["quality"], baseline["quality"], args.tolerance, args.relative)
