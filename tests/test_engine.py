@@ -120,6 +120,25 @@ def test_a_file_size_limit_while_writing_loses_only_the_images_since_the_last_co
     assert_same_store(reference, out, ignore=("command", "reports"))
 
 
+def test_a_failed_write_that_lost_the_attributes_heap_still_repairs_and_completes(dumps, reference, tmp_path,
+                                                                                  monkeypatch):
+    """The attributes' strings live in a global heap ("GCOL"); a store cut off before it used to end the repair with
+    "bad global heap collection signature" and leave the store unusable."""
+    out = tmp_path / "s.h5"
+    with monkeypatch.context() as patch:  # a store as versions without the journal wrote it
+        real = Store.__init__
+        patch.setattr(Store, "__init__", lambda self, *args, journal=False, **kwargs: real(self, *args, **kwargs))
+        assert run(*fuse_args(dumps, out)).exit_code == 0
+    heap = out.read_bytes().find(b"GCOL")
+    assert heap > 0
+    os.truncate(out, heap)  # nothing from the attributes' heap on reached the disk
+    res = run(*fuse_args(dumps, out))
+    assert res.exit_code == 0, res.output
+    assert any(re.match(rf"repaired {re.escape(str(out))} after a failed write: kept 0 entries; lost \d+", line)
+               for line in res.output.splitlines()), res.output
+    assert_same_store(reference, out, ignore=("command", "reports"))
+
+
 def test_a_store_damaged_by_a_failed_write_is_repaired_and_completed(dumps, reference, tmp_path, monkeypatch):
     out = tmp_path / "s.h5"
     with monkeypatch.context() as patch:  # a store as versions without the journal (store/wal.py) wrote it

@@ -5,8 +5,10 @@ reach the disk, the file no longer opens ("truncated file: eof = X, ..., stored_
 written before is still there. :func:`repair_if_damaged` extends the file to its recorded end (the missing bytes
 read as zeros, nothing is overwritten), keeps every dataset that reads back whole and lies entirely within the
 bytes that were really written, and copies them (with the group and root attributes) into a fresh file that
-replaces the damaged one. What was lost is computed again by the rerun; the parts of the run that was merging
-when it failed are still in ``STORE.h5.parts`` and are merged again.
+replaces the damaged one. An attribute that does not read back (its strings live in HDF5's global heap, which may
+be in the lost tail) is left out instead of stopping the repair; when nothing at all reads back, the file is removed
+and the rerun starts a new store. What was lost is computed again by the rerun; the parts of the run that was
+merging when it failed are still in ``STORE.h5.parts`` and are merged again.
 """
 
 from __future__ import annotations
@@ -54,20 +56,48 @@ def _extent_ok(ds: h5py.Dataset, written: int) -> bool:
     return True
 
 
+READ_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
+def _copy_attrs(source: h5py.HLObject, target: h5py.HLObject, where: str, lost: list[str]) -> None:
+    """Copy the attributes that read back; a damaged one (e.g. a string whose global heap was in the lost tail) is
+    listed in ``lost`` as ``WHERE@NAME`` instead of stopping the repair."""
+    try:
+        names = list(source.attrs)
+    except READ_ERRORS:
+        lost.append(f"{where}@*")
+        return
+    for key in names:
+        try:
+            target.attrs[key] = source.attrs[key]
+        except READ_ERRORS:
+            lost.append(f"{where}@{key}")
+
+
 def salvage(source: Path, target: Path, written: int | None = None) -> Salvage:
     """Copy the root attributes, every group with its attributes and every dataset of ``source`` that reads back
-    whole (and lies within the first ``written`` bytes) into a new file ``target``."""
+    whole (and lies within the first ``written`` bytes) into a new file ``target``; what does not read back is listed
+    in :attr:`Salvage.lost` (the rerun computes it again)."""
     result = Salvage()
     with h5py.File(source, "r") as src, h5py.File(target, "w") as dst:
-        for key, value in src.attrs.items():
-            dst.attrs[key] = value
-        for name, group in src.items():
-            if not isinstance(group, h5py.Group):
+        _copy_attrs(src, dst, "", result.lost)
+        try:
+            names = list(src)
+        except READ_ERRORS:
+            names = []
+            result.lost.append("/*")
+        for name in names:
+            try:
+                group = src[name]
+                image_ids = list(group) if isinstance(group, h5py.Group) else None
+            except READ_ERRORS:
+                result.lost.append(f"/{name}")
+                continue
+            if image_ids is None:
                 continue
             out = dst.require_group(name)
-            for key, value in group.attrs.items():
-                out.attrs[key] = value
-            for image_id in list(group):
+            _copy_attrs(group, out, f"/{name}", result.lost)
+            for image_id in image_ids:
                 if image_id.startswith(TMP_PREFIX):
                     continue
                 try:
@@ -77,7 +107,7 @@ def salvage(source: Path, target: Path, written: int | None = None) -> Salvage:
                     ds[()]
                     src.copy(ds, out, name=image_id)
                     result.kept += 1
-                except (OSError, RuntimeError, KeyError, ValueError):
+                except READ_ERRORS:
                     result.lost.append(f"/{name}/{image_id}")
     return result
 
@@ -100,9 +130,13 @@ def repair_if_damaged(path: str | Path) -> str | None:
     try:
         os.truncate(path, recorded)  # the missing tail reads as zeros; nothing written is touched
         result = salvage(path, tmp, written)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if result.kept == 0:  # nothing read back (not even the store's own attributes, maybe): start afresh
+            tmp.unlink()
+            path.unlink()
+        else:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
