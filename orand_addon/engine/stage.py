@@ -438,6 +438,14 @@ def _compute(stage: Stage, plan: _Plan, spec: _WriterSpec, options: RunOptions, 
         bar.close()
 
 
+def _write_whole(writer: PartWriter | StoreWriter, result: ImageResult, dtype: str, hold: bool = True) -> bool:
+    """Write one image; with ``hold`` a Ctrl-C waits until it is written whole. True when Ctrl-C was pressed (the
+    caller stops once it has counted the image)."""
+    with deferred_interrupt() if hold else contextlib.nullcontext(InterruptFlag()) as flag:
+        writer.add(result.image_id, result.maps, result.masks, dtype=dtype)
+    return flag.requested
+
+
 def _compute_unit(stage: Stage, unit: tuple[str, ...], skip: tuple[str, ...],
                   writer: PartWriter | StoreWriter | None, dtype: str, hold: bool = True
                   ) -> list[tuple] | list[ImageResult]:
@@ -451,10 +459,9 @@ def _compute_unit(stage: Stage, unit: tuple[str, ...], skip: tuple[str, ...],
         if writer is None:
             out.append(result)
             continue
-        with deferred_interrupt() if hold else contextlib.nullcontext(InterruptFlag()) as flag:
-            writer.add(result.image_id, result.maps, result.masks, dtype=dtype)
+        pressed = _write_whole(writer, result, dtype, hold)
         out.append((result.image_id, result.notes, result.extra))
-        if flag.requested:
+        if pressed:
             raise KeyboardInterrupt
     return out
 
@@ -518,10 +525,9 @@ def _in_workers(stage: Stage, units: Sequence[tuple[tuple[str, ...], tuple[str, 
                 yield from out
                 continue
             for result in out:
-                with deferred_interrupt() as flag:
-                    writer.add(result.image_id, result.maps, result.masks, dtype=spec.dtype)
+                pressed = _write_whole(writer, result, spec.dtype)
                 yield result.image_id, result.notes, result.extra
-                if flag.requested:
+                if pressed:
                     raise KeyboardInterrupt
     except WorkerDied as died:
         pool.kill()
