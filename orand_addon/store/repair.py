@@ -6,9 +6,10 @@ written before is still there. :func:`repair_if_damaged` extends the file to its
 read as zeros, nothing is overwritten), keeps every dataset that reads back whole and lies entirely within the
 bytes that were really written, and copies them (with the group and root attributes) into a fresh file that
 replaces the damaged one. An attribute that does not read back (its strings live in HDF5's global heap, which may
-be in the lost tail) is left out instead of stopping the repair; when nothing at all reads back, the file is removed
-and the rerun starts a new store. What was lost is computed again by the rerun; the parts of the run that was
-merging when it failed are still in ``STORE.h5.parts`` and are merged again.
+be in the lost tail) is left out instead of stopping the repair; when the store's own (root) attributes do not
+read back, what is left is no store: the file is removed and the rerun starts a new one. What was lost is computed
+again by the rerun; the parts of the run that was merging when it failed are still in ``STORE.h5.parts`` and are
+merged again.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def open_error(path: str | Path) -> str | None:
 class Salvage:
     kept: int = 0
     lost: list[str] = field(default_factory=list)
+
+    @property
+    def is_store(self) -> bool:
+        """Whether the root attributes (class names, layout version: what makes the file a store) read back."""
+        return not any(entry.startswith(("@", "/*")) for entry in self.lost)
 
 
 def _extent_ok(ds: h5py.Dataset, written: int) -> bool:
@@ -130,9 +136,10 @@ def repair_if_damaged(path: str | Path) -> str | None:
     try:
         os.truncate(path, recorded)  # the missing tail reads as zeros; nothing written is touched
         result = salvage(path, tmp, written)
-        if result.kept == 0:  # nothing read back (not even the store's own attributes, maybe): start afresh
+        if not result.is_store:  # the salvaged datasets would belong to no store: start afresh
             tmp.unlink()
             path.unlink()
+            result = Salvage(lost=[*result.lost, *(["(every dataset)"] if result.kept else [])])
         else:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
