@@ -31,6 +31,7 @@ A stage (fuse, predict, seeds, walk, segment) is a short subclass of :class:`Sta
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing.util
 import os
 from collections import defaultdict
@@ -46,6 +47,7 @@ from ..runtime.interrupts import InterruptFlag, deferred_interrupt
 from ..runtime.memory import release_memory
 from ..runtime.workers import WorkerDied, WorkerProcesses as worker_processes
 from ..runtime.progress import progress
+from ..runtime.shared_files import SharedArrays, opened, share, sweep, sweep_stale
 from ..runtime.threads import FairThreads
 from ..runtime.provenance import normalize, parameter_diff
 from ..store.journal import (SEAL_EVERY, GroupRecord, PartWriter, StoreWriter, discard_open_parts, merge_parts,
@@ -53,7 +55,7 @@ from ..store.journal import (SEAL_EVERY, GroupRecord, PartWriter, StoreWriter, d
 from ..store.shards import finish_shard, open_shard, start_shard
 from ..store.store import Store
 
-TRIM_EVERY = 8  # images between two release_memory() calls
+TRIM_EVERY = 8  # units between two release_memory() calls (Stage.trim_every)
 
 
 @dataclass
@@ -66,6 +68,8 @@ class ImageResult:
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[tuple[str, str]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: a worker's maps on their way to the main process: (the file in shared memory, kind -> keys), maps emptied
+    shared: tuple[SharedArrays, dict[str, np.ndarray]] | None = None
 
 
 @dataclass
@@ -116,6 +120,9 @@ class Stage:
     parallel: ClassVar[bool] = False
     #: whether the run's report goes into the store's root provenance (``reports[name]``)
     report_in_store: ClassVar[bool] = False
+    #: units between two :func:`~orand_addon.runtime.memory.release_memory` calls: each one keeps the peak flat,
+    #: and costs the next units their page faults again
+    trim_every: ClassVar[int] = TRIM_EVERY
     #: storage type of the maps this stage writes
     dtype: str = "float16"
     #: the command line recorded as provenance
@@ -242,7 +249,7 @@ def _run_without_store(stage: Stage, options: RunOptions) -> StageReport:
                     stage.collect(result, report)
                     report.written += 1
                     bar.update(1)
-            if n % TRIM_EVERY == 0:
+            if n % stage.trim_every == 0:
                 release_memory()
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after {report.written} of {len(plan.todo_ids)} images; the same command "
@@ -410,6 +417,7 @@ class _WriterSpec:
     seal_every: int
     dtype: str
     direct: bool = False  # the main process writes every result into the store (Stage.writes_store_directly)
+    owner: int = 0  # the main process, whose workers hand it their maps through shared memory (with direct)
 
     def writer(self, name: str) -> PartWriter:
         """A writer of sealed part files, merged into the store when the run ends."""
@@ -476,7 +484,7 @@ def _inline(stage: Stage, todo: Sequence[tuple[tuple[str, ...], tuple[str, ...]]
         for n, (unit, skip) in enumerate(todo, 1):
             yield from _compute_unit(stage, unit, skip, writer, spec.dtype)
             threads.update()
-            if n % TRIM_EVERY == 0:
+            if n % stage.trim_every == 0:
                 release_memory()
     finally:
         writer.close()
@@ -491,7 +499,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(stage: Stage, spec: _WriterSpec) -> None:
     writer = None if spec.direct else spec.writer(f"{stage.name}-{os.getpid()}")
     stage.setup()
-    _WORKER.update(stage=stage, writer=writer, dtype=spec.dtype, done=0)
+    _WORKER.update(stage=stage, writer=writer, dtype=spec.dtype, done=0, owner=spec.owner)
     if writer is not None:  # sealed when the worker exits normally (the pool shuts down): the last images are kept
         multiprocessing.util.Finalize(writer, writer.close, exitpriority=10)
 
@@ -502,10 +510,39 @@ def _work(task: tuple[tuple[str, ...], tuple[str, ...]]) -> list[tuple] | list[I
         out = _compute_unit(_WORKER["stage"], unit, skip, _WORKER["writer"], _WORKER["dtype"], hold=False)
     except OrandError as exc:
         return exc
+    if _WORKER["writer"] is None:
+        for result in out:
+            _to_shared_memory(result, _WORKER["owner"])
     _WORKER["done"] += 1
-    if _WORKER["done"] % TRIM_EVERY == 0:
+    if _WORKER["done"] % _WORKER["stage"].trim_every == 0:
         release_memory()
     return out
+
+
+def _to_shared_memory(result: ImageResult, owner: int) -> None:
+    """Move ``result``'s maps into a file in shared memory (:mod:`orand_addon.runtime.shared_files`), so that only
+    its name goes through the pipe; left as they are where there is no room there."""
+    if not result.maps:
+        return
+    shared = share({kind: maps for kind, (maps, _) in result.maps.items()}, owner)
+    if shared is not None:
+        result.shared = (shared, {kind: keys for kind, (_, keys) in result.maps.items()})
+        result.maps = {}
+
+
+@contextlib.contextmanager
+def _maps_received(result: ImageResult) -> Iterator[ImageResult]:
+    """``result`` with the maps a worker put in shared memory mapped in (the file is removed afterwards)."""
+    if result.shared is None:
+        yield result
+        return
+    shared, keys = result.shared
+    with opened(shared) as arrays:
+        result.maps = {kind: (arrays[kind], keys[kind]) for kind in keys}
+        try:
+            yield result
+        finally:
+            result.maps, result.shared = {}, None
 
 
 def _in_workers(stage: Stage, units: Sequence[tuple[tuple[str, ...], tuple[str, ...]]], spec: _WriterSpec,
@@ -516,31 +553,37 @@ def _in_workers(stage: Stage, units: Sequence[tuple[tuple[str, ...], tuple[str, 
     unit and seal their part; a worker that dies ends the run with one line (the others are stopped, what they
     sealed and what this process wrote are kept)."""
     writer = spec.store_writer() if spec.direct else None
+    spec = dataclasses.replace(spec, owner=os.getpid())
+    sweep_stale()  # what the workers of a killed run left in shared memory
     pool = worker_processes(workers, _work, _init_worker, (stage, spec))
     try:
-        for (unit, _), out in pool.imap_unordered(units):
-            if isinstance(out, OrandError):
-                raise out
-            if writer is None:
-                yield from out
-                continue
-            for result in out:
-                pressed = _write_whole(writer, result, spec.dtype)
-                yield result.image_id, result.notes, result.extra
-                if pressed:
-                    raise KeyboardInterrupt
-    except WorkerDied as died:
-        pool.kill()
-        unit = died.task[0] if died.task else ()
-        raise OrandError(f"a worker process died while computing {', '.join(unit[:3]) or 'its images'} (killed, or "
-                         f"out of memory?); the finished images are kept and the same command resumes") from None
-    except BaseException:
-        pool.close(timeout=30)
-        raise
+        try:
+            for (unit, _), out in pool.imap_unordered(units):
+                if isinstance(out, OrandError):
+                    raise out
+                if writer is None:
+                    yield from out
+                    continue
+                for result in out:
+                    with _maps_received(result):
+                        pressed = _write_whole(writer, result, spec.dtype)
+                    yield result.image_id, result.notes, result.extra
+                    if pressed:
+                        raise KeyboardInterrupt
+        except WorkerDied as died:
+            pool.kill()
+            unit = died.task[0] if died.task else ()
+            raise OrandError(f"a worker process died while computing {', '.join(unit[:3]) or 'its images'} (killed, "
+                             f"or out of memory?); the finished images are kept and the same command resumes") from None
+        except BaseException:
+            pool.close(timeout=30)
+            raise
+        finally:
+            if writer is not None:
+                writer.close()
+        pool.close()
     finally:
-        if writer is not None:
-            writer.close()
-    pool.close()
+        sweep(spec.owner)  # the workers have stopped: the maps of results that were never written
 
 
 # -- torchrun ranks --------------------------------------------------------------------------------------------
@@ -571,7 +614,7 @@ def _run_rank(stage: Stage, store_path: Path, options: RunOptions) -> StageRepor
                     report.written += 1
                     bar.update(1)
                 sink.flush()  # a killed rank keeps every unit it wrote
-                if n % TRIM_EVERY == 0:
+                if n % stage.trim_every == 0:
                     release_memory()
             finish_shard(sink, dist, len(plan.ids), plan=stage.plan_settings())
         except KeyboardInterrupt:

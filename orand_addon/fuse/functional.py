@@ -92,6 +92,45 @@ def fuse_mean(maps: Sequence[Array], normalize: bool = False) -> Array:
     return normalize_max(out) if normalize else out
 
 
+def fuse_pair(a: np.ndarray, b: np.ndarray, kinds: Sequence[str], normalize: bool = True) -> dict[str, np.ndarray]:
+    """``or``, ``and`` and ``mean`` of two numpy maps at once, sharing ``a * b`` and ``a + b`` and normalising in
+    place: the same values as :func:`fuse_or`, :func:`fuse_and` and :func:`fuse_mean` (the same float operations in
+    the same order), with two products and sums fewer and no copies per kind (the fuse stage's hot loop).
+
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.random((2, 3, 4, 5), dtype=np.float32)
+    >>> out = fuse_pair(a, b, ["or", "and", "mean"])
+    >>> all(np.array_equal(out[k], f([a, b])) for k, f in (("or", fuse_or), ("and", fuse_and), ("mean", fuse_mean)))
+    True
+    >>> sorted(fuse_pair(a, b, ["and"], normalize=False)), np.array_equal(fuse_pair(a, b, ["and"], False)["and"], a * b)
+    (['and'], True)
+    """
+    out: dict[str, np.ndarray] = {}
+    unknown = [k for k in kinds if k not in ("or", "and", "mean")]
+    if unknown:
+        raise ValueError(f"fuse_pair makes or, and, mean; got {unknown}")
+    _check([a, b])
+    prod = a * b if ("or" in kinds or "and" in kinds) else None
+    total = a + b if ("or" in kinds or "mean" in kinds) else None
+    if "mean" in kinds:
+        out["mean"] = total / 2
+    if "or" in kinds:
+        fused = total  # the mean above is a new array: the sum can be reused in place
+        fused -= prod
+        out["or"] = _normalize_in_place(fused) if normalize else fused
+    if "and" in kinds:
+        out["and"] = _normalize_in_place(prod) if normalize else prod
+    return {k: out[k] for k in kinds}
+
+
+def _normalize_in_place(x: np.ndarray) -> np.ndarray:
+    """:func:`normalize_max` of a numpy array, written into ``x`` itself (the same values)."""
+    if x.size:
+        peak = np.max(x, axis=(-2, -1), keepdims=True)
+        x *= np.divide(1.0, peak, out=np.zeros_like(peak), where=peak > 0)
+    return x
+
+
 OFFICIAL_SHIFT = 0.15  # simple_addition.py: added to the ViT maps, "compensating threshold difference"
 OFFICIAL_EPS = 1e-5
 

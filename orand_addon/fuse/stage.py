@@ -86,6 +86,9 @@ class FuseStage(Stage):
     name: ClassVar[str] = "fuse"
     parallel: ClassVar[bool] = True
     report_in_store: ClassVar[bool] = True
+    # fuse's per-image work is small next to its allocations: trimming every 8 images re-faulted 1.5 million pages
+    # for 1,000 VOC-sized pairs (13 s); every 32, 0.66 million (11 s), the peak still flat in N (docs/decisions.md)
+    trim_every: ClassVar[int] = 32
 
     def __init__(self, sources: Sequence[str | Path], class_set: ClassSet, labels: ImageLabels | None,
                  options: FuseOptions, ids: Sequence[str] | None = None, images: str | Path | None = None,
