@@ -161,17 +161,21 @@ def test_a_store_damaged_by_a_failed_write_is_repaired_and_completed(dumps, refe
 def test_a_worker_that_dies_ends_the_run_with_one_line_and_the_rerun_completes(dumps, reference, tmp_path):
     out = tmp_path / "s.h5"
     marker = f"orand-test-{os.getpid()}-{time.monotonic_ns()}"
-    slow = """
-import time
+    # a script, not -c: the workers run its top level too (as __mp_main__), so they are the slow ones
+    slow = tmp_path / "slow_fuse.py"
+    slow.write_text("""
+import sys, time
 from orand_addon.fuse.stage import FuseStage
 real = FuseStage.fuse_one
 def fuse_one(self, image_id):
     time.sleep(0.5)
     return real(self, image_id)
 FuseStage.fuse_one = fuse_one
-"""
-    proc = subprocess.Popen([sys.executable, "-c", slow + "\nfrom orand_addon.cli import main\nimport sys\n"
-                             "main(sys.argv[1:])\n", *fuse_args(dumps, out, "--workers", "2")],
+if __name__ == "__main__":
+    from orand_addon.cli import main
+    main(sys.argv[1:])
+""")
+    proc = subprocess.Popen([sys.executable, str(slow), *fuse_args(dumps, out, "--workers", "2")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT), "ORAND_TEST_MARKER": marker,
                                  "ORAND_ADDON_SEAL_EVERY": "1"})
