@@ -335,7 +335,7 @@ import numpy as np
 from orand_addon.store import wal
 from orand_addon.store.store import Store
 path, phase = sys.argv[1], sys.argv[2]
-real_fsync, real_pwrite, state = os.fsync, wal._pwrite_all, {"journal_synced": False}
+real_fsync, real_pwrite, state = os.fsync, wal.pwrite_all, {"journal_synced": False}
 def is_journal(fd):
     return os.readlink(f"/proc/self/fd/{fd}").endswith(wal.JOURNAL_SUFFIX)
 def fsync(fd):
@@ -348,7 +348,7 @@ def pwrite_all(fd, data, at):
     real_pwrite(fd, data, at)
     if phase == "mid_apply" and state["journal_synced"] and not is_journal(fd):
         os.kill(os.getpid(), signal.SIGKILL)  # the first page is applied, the others are not
-os.fsync, wal._pwrite_all = fsync, pwrite_all
+os.fsync, wal.pwrite_all = fsync, pwrite_all
 with Store(path, "a", journal=True) as store:
     for i in range(40):
         store.write_maps("extra", f"x{i:02d}", np.full((2, 3, 5), i, np.float32), [1, 2])

@@ -57,9 +57,13 @@ def normalize_max(x: Array) -> Array:
         return x / peak.clamp_min(1e-12) * (peak > 0)
     if not x.size:
         return x
+    return x * _inverse_peaks(x)
+
+
+def _inverse_peaks(x: np.ndarray) -> np.ndarray:
+    """1 / the maximum of each map (last two axes), 0 where the map is all zero."""
     peak = np.max(x, axis=(-2, -1), keepdims=True)
-    scale = np.divide(1.0, peak, out=np.zeros_like(peak), where=peak > 0)  # 0 where the map is all zero
-    return x * scale
+    return np.divide(1.0, peak, out=np.zeros_like(peak), where=peak > 0)
 
 
 def fuse_or(maps: Sequence[Array], normalize: bool = True) -> Array:
@@ -126,8 +130,7 @@ def fuse_pair(a: np.ndarray, b: np.ndarray, kinds: Sequence[str], normalize: boo
 def _normalize_in_place(x: np.ndarray) -> np.ndarray:
     """:func:`normalize_max` of a numpy array, written into ``x`` itself (the same values)."""
     if x.size:
-        peak = np.max(x, axis=(-2, -1), keepdims=True)
-        x *= np.divide(1.0, peak, out=np.zeros_like(peak), where=peak > 0)
+        x *= _inverse_peaks(x)
     return x
 
 

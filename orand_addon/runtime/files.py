@@ -13,6 +13,14 @@ from typing import Any, BinaryIO, Callable
 from ..errors import OrandError, first_line, one_line
 
 
+def pwrite_all(fd: int, data: Any, at: int) -> None:
+    """Write all of ``data`` (bytes or a C-contiguous buffer) at offset ``at`` of ``fd`` (``os.pwrite`` may write
+    less than it is given)."""
+    view = memoryview(data).cast("B")
+    while len(view):
+        written = os.pwrite(fd, view, at)
+        view, at = view[written:], at + written
+
 def _create_temporary(path: Path) -> tuple[Path, BinaryIO]:
     """A new temporary file next to ``path``, created exclusively: a file or symlink already at the name (planted,
     or left by another process) is never opened, so nothing is written through a link."""

@@ -33,6 +33,8 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from .files import pwrite_all
+
 SHM_DIR = Path("/dev/shm")
 PREFIX = "orand-addon-"
 ALIGN = 64
@@ -63,10 +65,7 @@ def share(arrays: Mapping[str, np.ndarray], owner: int, folder: Path = SHM_DIR) 
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             for at, value in parts:
-                view = memoryview(value.reshape(-1)).cast("B")
-                while view:
-                    written = os.pwrite(fd, view, at)
-                    view, at = view[written:], at + written
+                pwrite_all(fd, value.reshape(-1), at)
         finally:
             os.close(fd)
     except OSError:  # no room (a small /dev/shm), or no permission: the pipe takes it

@@ -57,6 +57,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import StoreError
+from ..runtime.files import pwrite_all
 
 PAGE = 4096
 JOURNAL_SUFFIX = "-journal"
@@ -189,7 +190,7 @@ def _recover_locked(fd: int, path: str, fsync: bool) -> str | None:
                            f"it copied or restored?); moved it to {jpath}{FOREIGN_SUFFIX} and left the store as it "
                            f"is; rerun the command")
         for page, data, _, _ in record.pages:
-            _pwrite_all(fd, data, page * PAGE)
+            pwrite_all(fd, data, page * PAGE)
         os.ftruncate(fd, record.new)
         if fsync:
             os.fsync(fd)
@@ -254,13 +255,6 @@ def check_no_pending_journal(path: str | os.PathLike) -> None:
         os.close(fd)
     raise StoreError(f"{path}: an interrupted write is not finished ({jpath} is pending); rerun the command that was "
                      f"writing this store, which finishes it first")
-
-
-def _pwrite_all(fd: int, data, at: int) -> None:
-    view = memoryview(data).cast("B")
-    while len(view):
-        written = os.pwrite(fd, view, at)
-        view, at = view[written:], at + written
 
 
 # -- the file object -------------------------------------------------------------------------------------------
@@ -339,7 +333,7 @@ class WalFile:
                 if below:
                     self._journal(pos, view[:below])
                 if below < n:
-                    _pwrite_all(self.fd, view[below:], pos + below)
+                    pwrite_all(self.fd, view[below:], pos + below)
                     self.stats["appended"] += n - below
             except BaseException as exc:
                 self.failed = exc
@@ -380,9 +374,9 @@ class WalFile:
             if slot is None:  # first change of this page in this session: start from its committed bytes
                 slot = len(self._slots)
                 old = os.pread(self.fd, PAGE, page * PAGE)
-                _pwrite_all(self.jfd, old + bytes(PAGE - len(old)), DATA0 + slot * PAGE)
+                pwrite_all(self.jfd, old + bytes(PAGE - len(old)), DATA0 + slot * PAGE)
                 self._slots[page] = slot
-            _pwrite_all(self.jfd, view[off:off + take], DATA0 + slot * PAGE + inpage)
+            pwrite_all(self.jfd, view[off:off + take], DATA0 + slot * PAGE + inpage)
             self.stats["journaled"] += take
             off += take
 
@@ -409,10 +403,10 @@ class WalFile:
                     index += INDEX.pack(page, slot, length, zlib.crc32(new), zlib.crc32(old))
                     pages.append((page, new))
                 index_at = DATA0 + len(self._slots) * PAGE
-                _pwrite_all(self.jfd, index, index_at)
+                pwrite_all(self.jfd, index, index_at)
                 head = HEADER.pack(MAGIC, self.base, self.size, len(pages), index_at, zlib.crc32(index),
                                    os.fstat(self.fd).st_ino, 0)[:-4]
-                _pwrite_all(self.jfd, head + struct.pack("<I", zlib.crc32(head)), 0)
+                pwrite_all(self.jfd, head + struct.pack("<I", zlib.crc32(head)), 0)
                 if self.fsync:
                     os.fsync(self.jfd)  # the commit point
                     if not self._dir_synced:
@@ -420,7 +414,7 @@ class WalFile:
                         self._dir_synced = True
                 committed = True
                 for page, new in pages:  # the apply window
-                    _pwrite_all(self.fd, new, page * PAGE)
+                    pwrite_all(self.fd, new, page * PAGE)
                 os.ftruncate(self.fd, self.size)
                 if self.fsync:
                     os.fsync(self.fd)
